@@ -1,3 +1,31 @@
-"""dreamode: the DREAM recurrent cell as a continuous-time vector field, integrated by any ODE solver."""
+"""dreamode: the DREAM recurrent cell as a continuous-time vector field, integrated by any ODE solver.
+
+>>> import torch
+>>> from dreamode import DREAM
+>>> model = DREAM(input_dim=64, hidden_dim=128, rank=8)
+>>> output, state = model(torch.randn(32, 50, 64))
+"""
+
+from ._cell import DREAMCell
+from ._config import DREAMConfig
+from ._field import DREAMField, DrivenField, FieldAux
+from ._integrate import SolveStats
+from ._model import DREAM, DREAMStack
+from ._state import DREAMState
+from ._trace import Trace
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DREAM",
+    "DREAMCell",
+    "DREAMConfig",
+    "DREAMField",
+    "DREAMStack",
+    "DREAMState",
+    "DrivenField",
+    "FieldAux",
+    "SolveStats",
+    "Trace",
+    "__version__",
+]

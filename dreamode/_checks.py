@@ -1,0 +1,50 @@
+"""Input validation for the modules: one helper, one wording ("DREAM: expected ..., got ...")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._state import DREAMState
+
+
+def check_tensor(where: str, name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_finite(where: str, name: str, value: Tensor) -> None:
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+        raise ValueError(
+            f"{where}: {name} contains NaN or inf (first at index {tuple(bad)}); "
+            "mark missing values with mask= instead (dreamode.data builds it from NaNs)"
+        )
+
+
+def check_like(where: str, name: str, value: Tensor, ref: Tensor) -> None:
+    """Same device and dtype as ``ref`` (the layer's parameters)."""
+    if value.device != ref.device:
+        raise ValueError(f"{where}: {name} is on {value.device}, but the model is on {ref.device}")
+    if value.dtype != ref.dtype:
+        raise TypeError(
+            f"{where}: {name} has dtype {value.dtype}, but the model has dtype {ref.dtype}; "
+            f"cast one of them (e.g. model.to({value.dtype}))"
+        )
+
+
+def check_state(where: str, state: object, expected: DREAMState, label: str = "state") -> DREAMState:
+    """``state`` must match ``expected`` (an initial state) in type, shapes, dtype and device."""
+    if not isinstance(state, tuple) or len(state) != len(DREAMState._fields):
+        raise TypeError(f"{where}: {label} must be a DREAMState, got {type(state).__name__}")
+    state = DREAMState(*state)
+    for name, got, want in zip(DREAMState._fields, state, expected):
+        check_tensor(where, f"{label}.{name}", got)
+        if got.shape != want.shape:
+            raise ValueError(
+                f"{where}: {label}.{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)} "
+                "(a state from another batch size or configuration?)"
+            )
+        check_like(where, f"{label}.{name}", got, want)
+    return state

@@ -1,0 +1,196 @@
+"""Advance one DREAM layer over a sequence with any registered solver (dream-math.md §4-5).
+
+Step ``i`` integrates over ``(t_{i-1}, t_i]`` and restarts the solver at every observation, so the
+jumps of a ``hold`` input never sit inside a step. Fixed-step methods step every sample with its
+own ``Δt`` (and, with ``max_step``, its own number of sub-steps), which keeps samples independent;
+adaptive and scipy methods go through :func:`solvers.solve` on the local variable ``u`` in [0, 1]
+with ``dz/du = Δt · f(z; x(u))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import solvers
+
+from ._field import DREAMField, FieldAux
+from ._path import SequencePath, StepPath
+from ._state import DREAMState
+from ._trace import Trace
+
+LTC_FUSED = "ltc-fused"
+
+
+@dataclass
+class SolveStats:
+    """Totals over a sequence: field evaluations and steps (sub-steps of fixed-step methods)."""
+
+    nfe: int = 0
+    steps: int = 0
+    rejected: int = 0
+    per_step_nfe: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Integrator:
+    """How a layer is integrated: a solver name plus its settings."""
+
+    method: str = "euler"
+    max_step: float | None = None
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    adjoint: bool = False
+    options: dict | None = None
+
+    @property
+    def tableau(self) -> solvers.ButcherTableau | None:
+        if self.method == LTC_FUSED:
+            return None
+        cls = solvers.get(self.method).solver
+        return cls.tableau if issubclass(cls, solvers.FixedStepSolver) else None
+
+    @property
+    def fixed_step(self) -> bool:
+        return self.method == LTC_FUSED or self.tableau is not None
+
+
+def _views(h: Tensor, z: DREAMState) -> list[Tensor]:
+    """``h`` ``(B,)`` shaped to broadcast against each state component."""
+    return [h.view(-1, *([1] * (c.dim() - 1))) for c in z]
+
+
+def _axpy(z: tuple[Tensor, ...], hv: list[Tensor], k: tuple[Tensor, ...], a: float) -> DREAMState:
+    if a == 1.0:
+        return DREAMState(*(torch.addcmul(zc, hc, kc) for zc, hc, kc in zip(z, hv, k)))
+    return DREAMState(*(torch.addcmul(zc, hc, kc, value=a) for zc, hc, kc in zip(z, hv, k)))
+
+
+def _fixed_step(
+    f: DREAMField,
+    integ: Integrator,
+    z: DREAMState,
+    path: StepPath,
+    mask: Tensor | None,
+    dt: Tensor,
+    n_sub: Tensor | None,
+    n_max: int,
+) -> tuple[DREAMState, FieldAux]:
+    """One observation step with a fixed-step method; ``n_sub`` ``(B,)`` sub-steps per sample."""
+    tab = integ.tableau
+    aux0 = None
+    for j in range(n_max):
+        if n_sub is None:
+            h, u0, du = dt, 0.0, 1.0
+        else:
+            # Samples with fewer sub-steps take zero-length steps once done: exact, and independent.
+            h = torch.where(j < n_sub, dt / n_sub, torch.zeros_like(dt))
+            du = 1.0 / n_sub
+            u0 = torch.clamp(j * du, max=1.0)
+        hv = _views(h, z)
+        if tab is None:  # ltc-fused: semi-implicit in h, Euler in the rest
+            dz, aux = f.evaluate(z, path.at(u0), mask)
+            shrink = 1 + h / aux.tau
+            dh = dz.h / shrink.unsqueeze(-1)
+            z = _axpy(z, hv, (dh, *dz[1:]), 1.0)
+        else:
+            ks: list[DREAMState] = []
+            for i, c in enumerate(tab.c):
+                zi = z
+                for a_il, k in zip(tab.a[i], ks):
+                    if a_il != 0.0:
+                        zi = _axpy(zi, hv, k, a_il)
+                k, aux = f.evaluate(zi, path.at(u0 + c * du if c else u0), mask)
+                if aux0 is None:
+                    aux0 = aux
+                ks.append(k)
+            for b_i, k in zip(tab.b, ks):
+                if b_i != 0.0:
+                    z = _axpy(z, hv, k, b_i)
+        if aux0 is None:
+            aux0 = aux
+    return z, aux0
+
+
+class _StepODE(nn.Module):
+    """``dz/du = Δt · f(z; x(u))`` on one observation step, for :func:`solvers.solve`."""
+
+    def __init__(self, f: DREAMField, path: StepPath, mask: Tensor | None, dt: Tensor) -> None:
+        super().__init__()
+        self.f = f
+        self.path = path
+        self.mask = mask
+        self.dt = dt
+
+    def forward(self, u: Tensor, z: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        u = u.to(self.dt.dtype)
+        dz, _ = self.f.evaluate(DREAMState(*z), self.path.at(u), self.mask)
+        return tuple(d * v for d, v in zip(dz, _views(self.dt, dz)))
+
+
+def integrate_layer(
+    f: DREAMField,
+    integ: Integrator,
+    x: Tensor,
+    dt: Tensor,
+    mask: Tensor | None,
+    z: DREAMState,
+    *,
+    interpolation: str = "hold",
+    trace: bool = False,
+) -> tuple[Tensor, DREAMState, Trace | None, SolveStats]:
+    """Run one layer over ``x`` ``(B, T, I)`` with steps ``dt`` ``(B, T)`` (0 = padding, frozen).
+
+    Returns ``h(t_i)`` stacked as ``(B, T, H)``, the final state, the per-step field quantities
+    at the start of each step as a :class:`Trace` (when ``trace``), and solve statistics.
+    """
+    T = x.shape[1]
+    path = SequencePath.build(interpolation, x, dt)
+    stats = SolveStats()
+    if integ.fixed_step:
+        if integ.max_step is None:
+            n_sub, n_max = None, [1] * T
+        else:
+            n_sub = torch.clamp(torch.ceil(dt / integ.max_step - 1e-9), min=1).to(dt.dtype)
+            n_max = n_sub.amax(dim=0).long().tolist()  # one host sync for the whole sequence
+        stages = 1 if integ.tableau is None else integ.tableau.stages
+    outputs: list[Tensor] = []
+    auxes: list[FieldAux] = []
+    u_norms: list[Tensor] = []
+    unit = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x.device)
+    for i in range(T):
+        step_path = path.step(i)
+        m = None if mask is None else mask[:, i]
+        if integ.fixed_step:
+            z, aux = _fixed_step(f, integ, z, step_path, m, dt[:, i], None if n_sub is None else n_sub[:, i], n_max[i])
+            stats.nfe += stages * n_max[i]
+            stats.steps += n_max[i]
+            stats.per_step_nfe.append(stages * n_max[i])
+        else:
+            if trace:
+                aux = f.evaluate(z, step_path.at(0.0), m)[1]
+            ode = _StepODE(f, step_path, m, dt[:, i])
+            extra = tuple(a for a in (*step_path.tensors(), dt) if a.requires_grad) if integ.adjoint else ()
+            sol = solvers.solve(
+                ode,
+                tuple(z),
+                unit,
+                method=integ.method,
+                adjoint=integ.adjoint,
+                rtol=integ.rtol,
+                atol=integ.atol,
+                options=integ.options,
+                adjoint_params=extra,
+            )
+            z = DREAMState(*(y[-1] for y in sol.ys))
+            stats.nfe += sol.stats.nfe or 0
+            stats.steps += sol.stats.steps or 0
+            stats.rejected += sol.stats.rejected or 0
+            stats.per_step_nfe.append(sol.stats.nfe or 0)
+        outputs.append(z.h)
+        if trace:
+            auxes.append(aux)
+            u_norms.append(z.U.detach().flatten(1).norm(dim=1))
+    return torch.stack(outputs, dim=1), z, Trace.stack(auxes, u_norms) if trace else None, stats

@@ -1,0 +1,413 @@
+"""``DREAMStack`` and ``DREAM``: sequence modules that drop in where ``nn.LSTM`` is used."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import solvers
+
+from ._checks import check_finite, check_like, check_state, check_tensor
+from ._config import DREAMConfig
+from ._errors import unknown_name_message
+from ._field import DREAMField
+from ._integrate import LTC_FUSED, Integrator, SolveStats, integrate_layer
+from ._path import INTERPOLATIONS
+from ._state import DREAMState
+from ._trace import Trace
+
+StateArg = DREAMState | Sequence[DREAMState] | None
+
+
+class DREAMStack(nn.Module):
+    """Stacked DREAM layers of possibly different widths, integrated by any registered solver.
+
+    Args:
+        input_dim: features ``I`` of the input.
+        hidden_dims: hidden size of each layer, e.g. ``[128, 64]``.
+        rank: fast-weight rank ``R`` (each layer: ``R <= its input size``).
+        dropout: dropout on the outputs of every layer but the last (as ``nn.LSTM``).
+        batch_first: ``x`` is ``(B, T, I)`` (default) or ``(T, B, I)``; ``times``, ``dt`` and
+            ``mask`` follow the same layout.
+        solver: a name of :func:`solvers.available`, or ``"ltc-fused"`` (semi-implicit LTC step).
+            ``"euler"`` with one step per observation is the seed's reference rule.
+        adjoint: backpropagate with the continuous adjoint (adaptive torchdiffeq solvers).
+        rtol, atol: tolerances of adaptive solvers.
+        max_step: fixed-step solvers: split each observation interval of each sample into the
+            fewest equal sub-steps not longer than ``max_step`` (time units).
+        interpolation: input path between observations: ``"hold"``, ``"linear"`` or ``"cubic"``.
+        solver_options: extra options passed to :func:`solvers.solve` (adaptive/scipy solvers).
+        **config_fields: any :class:`DREAMConfig` field (``time_step``, ``ltc_tau_sys``, ...).
+
+    Inputs: ``x, state=None, *, times=None, dt=None, mask=None, lengths=None, t0=None, return_trace=False``
+        - **x** ``(B, T, I)``, or ``(T, I)`` unbatched.
+        - **state**: a :class:`DREAMState` per layer (a list when there are several layers).
+        - **times** ``(B, T)`` or ``(T,)``: strictly increasing observation times; or
+        - **dt** ``(B, T)`` or ``(T,)``: positive time since the previous observation.
+          Neither: ``dt = time_step``. ``dt[:, 0]`` is the step into the first observation.
+        - **mask** ``(B, T, I)``: 1 where a channel is observed, 0 where missing.
+        - **lengths** ``(B,)``: real lengths of a padded batch; steps past them have ``dt = 0``.
+        - **t0** ``(B,)`` or scalar: time of the previous observation when ``times`` is given
+          (streaming); default ``times[:, 0] - time_step``.
+
+    Outputs: ``output, state`` (and ``trace`` when ``return_trace=True``)
+        - **output** ``(B, T, H_last)``: ``h(t_i)`` of the last layer; zero past ``lengths``
+          (as ``nn.utils.rnn.pad_packed_sequence``).
+        - **state**: final :class:`DREAMState` (list for several layers), at each sample's last
+          real observation.
+        - **trace**: a :class:`Trace` per layer (list for several layers).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int],
+        rank: int = 8,
+        *,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+        solver: str = "euler",
+        adjoint: bool = False,
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        max_step: float | None = None,
+        interpolation: str = "hold",
+        solver_options: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **config_fields: Any,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        hidden_dims = list(hidden_dims)
+        if not hidden_dims:
+            raise ValueError(f"{where}: hidden_dims must name at least one layer, got []")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(where + ": " + unknown_name_message("interpolation", interpolation, INTERPOLATIONS))
+        if solver != LTC_FUSED:
+            try:
+                entry = solvers.get(solver)
+            except ValueError:
+                raise ValueError(
+                    where + ": " + unknown_name_message("solver", solver, [*solvers.available(), LTC_FUSED])
+                ) from None
+            if adjoint and not entry.supports_adjoint:
+                able = [n for n in solvers.available() if solvers.get(n).supports_adjoint]
+                raise ValueError(
+                    f"{where}: adjoint=True needs a solver with an adjoint ({', '.join(able)}), got {solver!r}"
+                )
+            fixed = issubclass(entry.solver, solvers.FixedStepSolver)
+        else:
+            fixed = True
+            if adjoint:
+                raise ValueError(f"{where}: adjoint=True needs an adaptive torchdiffeq solver, got 'ltc-fused'")
+        if max_step is not None:
+            if not fixed:
+                raise ValueError(
+                    f"{where}: max_step applies to fixed-step solvers; {solver!r} is adaptive (use rtol/atol)"
+                )
+            if not isinstance(max_step, (int, float)) or not max_step > 0:
+                raise ValueError(f"{where}: max_step must be a positive number, got {max_step!r}")
+        if solver_options and fixed:
+            raise ValueError(f"{where}: solver_options apply to adaptive and scipy solvers, not {solver!r}")
+        unknown = set(config_fields) - set(DREAMConfig.field_names())
+        if unknown:
+            raise TypeError(
+                f"{where}: unexpected keyword argument(s) {sorted(unknown)}; DREAMConfig fields are "
+                f"{', '.join(DREAMConfig.field_names()[3:])}"
+            )
+        self.configs = []
+        sizes = [input_dim, *hidden_dims]
+        for i, h in enumerate(hidden_dims):
+            self.configs.append(DREAMConfig(input_dim=sizes[i], hidden_dim=h, rank=rank, **config_fields))
+        self.fields = nn.ModuleList(DREAMField(c, device=device, dtype=dtype) for c in self.configs)
+        self.input_dim = input_dim
+        self.hidden_dims = hidden_dims
+        self.rank = rank
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        self.interpolation = interpolation
+        self.integrator = Integrator(solver, max_step, rtol, atol, adjoint, dict(solver_options or {}))
+        self.solve_stats: list[SolveStats] = []
+
+    @property
+    def config(self) -> DREAMConfig:
+        """Configuration of the first layer."""
+        return self.configs[0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.fields)
+
+    @property
+    def hidden_dim(self) -> int:
+        """Hidden size of the last layer (the width of ``output``)."""
+        return self.hidden_dims[-1]
+
+    def reset_parameters(self) -> None:
+        for f in self.fields:
+            f.reset_parameters()
+
+    def init_state(self, batch_size: int) -> DREAMState | list[DREAMState]:
+        """The deterministic initial state (a list for several layers)."""
+        states = [f.initial_state(batch_size) for f in self.fields]
+        return states[0] if self.num_layers == 1 else states
+
+    def _repr_head(self) -> str:
+        return f"{self.input_dim}, {self.hidden_dims}, rank={self.rank}"
+
+    def extra_repr(self) -> str:
+        parts = [self._repr_head()]
+        integ = self.integrator
+        if integ.method != "euler":
+            parts.append(f"solver={integ.method!r}")
+        if integ.adjoint:
+            parts.append("adjoint=True")
+        if integ.max_step is not None:
+            parts.append(f"max_step={integ.max_step}")
+        if self.interpolation != "hold":
+            parts.append(f"interpolation={self.interpolation!r}")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        if not self.batch_first:
+            parts.append("batch_first=False")
+        defaults = DREAMConfig(self.input_dim, self.hidden_dims[0], self.rank)
+        for name in DREAMConfig.field_names()[3:]:
+            if getattr(self.config, name) != getattr(defaults, name):
+                parts.append(f"{name}={getattr(self.config, name)!r}")
+        return ", ".join(parts)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: StateArg = None,
+        *,
+        times: Tensor | None = None,
+        dt: Tensor | None = None,
+        mask: Tensor | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+        t0: Tensor | float | None = None,
+        return_trace: bool = False,
+    ) -> tuple[Tensor, Any] | tuple[Tensor, Any, Any]:
+        where = type(self).__name__
+        ref = self.fields[0].C
+        x = check_tensor(where, "x", x)
+        unbatched = x.dim() == 2
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"{where}: expected x of 2 (unbatched) or 3 dimensions, got {x.dim()} with shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"{where}: expected x with input_dim={self.input_dim} features (last axis), got {x.shape[-1]}"
+            )
+        check_like(where, "x", x, ref)
+        check_finite(where, "x", x)
+
+        def to_batch_major(name: str, v: Tensor | None, feature_axis: bool) -> Tensor | None:
+            if v is None:
+                return None
+            if unbatched:
+                return v.unsqueeze(0)
+            if not self.batch_first and v.dim() == 2 + feature_axis:
+                return v.transpose(0, 1)
+            return v
+
+        xb = to_batch_major("x", x, True)
+        B, T = xb.shape[0], xb.shape[1]
+        if T == 0:
+            raise ValueError(f"{where}: x has no time steps (T = 0)")
+        valid, lengths_t = self._valid(where, lengths, B, T, unbatched, x.device)
+        step = self._steps(where, times, dt, t0, valid, B, T, unbatched, to_batch_major, x.device)
+        step = torch.where(valid, step, torch.zeros_like(step)).to(ref.dtype)
+        maskb = self._mask(where, mask, xb, unbatched, to_batch_major)
+        states = self._states(where, state, B, unbatched)
+
+        out = xb
+        new_states: list[DREAMState] = []
+        traces: list[Trace] = []
+        self.solve_stats = []
+        for i, f in enumerate(self.fields):
+            if i > 0 and self.dropout and self.training:
+                out = nn.functional.dropout(out, self.dropout, training=True)
+            out, s, tr, stats = integrate_layer(
+                f,
+                self.integrator,
+                out,
+                step,
+                maskb if i == 0 else None,
+                states[i],
+                interpolation=self.interpolation,
+                trace=return_trace,
+            )
+            new_states.append(s)
+            self.solve_stats.append(stats)
+            if tr is not None:
+                traces.append(tr)
+        if lengths_t is not None:
+            out = out * valid.unsqueeze(-1).to(out.dtype)
+
+        if unbatched:
+            out = out.squeeze(0)
+            new_states = [DREAMState(*(c.squeeze(0) for c in s)) for s in new_states]
+            traces = [Trace(*(c.squeeze(0) for c in tr)) for tr in traces]
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        state_out: Any = new_states[0] if self.num_layers == 1 else new_states
+        if not return_trace:
+            return out, state_out
+        return out, state_out, traces[0] if self.num_layers == 1 else traces
+
+    # -- argument checks ---------------------------------------------------------------------
+
+    def _valid(
+        self, where: str, lengths: Any, B: int, T: int, unbatched: bool, device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        if lengths is None:
+            return torch.ones(B, T, dtype=torch.bool, device=device), None
+        if unbatched:
+            raise ValueError(f"{where}: lengths applies to batched input; got unbatched x")
+        lengths_t = torch.as_tensor(lengths, device=device)
+        if lengths_t.dtype.is_floating_point or lengths_t.dtype == torch.bool:
+            raise TypeError(f"{where}: lengths must hold integers, got dtype {lengths_t.dtype}")
+        if lengths_t.shape != (B,):
+            raise ValueError(f"{where}: expected lengths of shape ({B},), got {tuple(lengths_t.shape)}")
+        if bool((lengths_t < 1).any()) or bool((lengths_t > T).any()):
+            raise ValueError(
+                f"{where}: lengths must be in [1, {T}] (the sequence length), got min {int(lengths_t.min())}, "
+                f"max {int(lengths_t.max())}"
+            )
+        valid = torch.arange(T, device=device).unsqueeze(0) < lengths_t.unsqueeze(1)
+        return valid, lengths_t
+
+    def _steps(
+        self,
+        where: str,
+        times: Tensor | None,
+        dt: Tensor | None,
+        t0: Any,
+        valid: Tensor,
+        B: int,
+        T: int,
+        unbatched: bool,
+        to_batch_major: Any,
+        device: torch.device,
+    ) -> Tensor:
+        """Per-sample step lengths ``(B, T)`` in float64."""
+        if times is not None and dt is not None:
+            raise ValueError(f"{where}: give times or dt, not both")
+        given = times if times is not None else dt
+        name = "times" if times is not None else "dt"
+        if given is None:
+            if t0 is not None:
+                raise ValueError(f"{where}: t0 applies only together with times")
+            return torch.full((B, T), self.config.time_step, dtype=torch.float64, device=device)
+        given = check_tensor(where, name, given)
+        if given.device != device:
+            raise ValueError(f"{where}: {name} is on {given.device}, but x is on {device}")
+        if not (given.is_floating_point() or given.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{where}: {name} must be a float tensor, got {given.dtype}")
+        given = given.to(torch.float64)
+        if given.shape == (T,):
+            given = given.unsqueeze(0).expand(B, T)
+        else:
+            given = to_batch_major(name, given, False)
+            if given.shape != (B, T):
+                layout = "(B, T)" if self.batch_first else "(T, B)"
+                raise ValueError(
+                    f"{where}: expected {name} of shape {layout} or (T,) with B={B}, T={T}, got {tuple(given.shape)}"
+                )
+        check_finite(where, name, torch.where(valid, given, torch.zeros_like(given)))
+        if times is not None:
+            if t0 is None:
+                first = torch.full((B, 1), self.config.time_step, dtype=torch.float64, device=device)
+            else:
+                t0_t = torch.as_tensor(t0, dtype=torch.float64, device=device)
+                if t0_t.shape not in ((), (B,)):
+                    raise ValueError(f"{where}: expected t0 as a scalar or of shape ({B},), got {tuple(t0_t.shape)}")
+                first = (given[:, 0] - t0_t).reshape(B, 1)
+            steps = torch.cat([first, given[:, 1:] - given[:, :-1]], dim=1)
+        else:
+            steps = given
+        bad = (steps <= 0) & valid
+        if bool(bad.any()):
+            b, i = bad.nonzero()[0].tolist()
+            if times is not None:
+                what = f"times must be strictly increasing per sample (after t0 when given); sample {b}: "
+                prev = (
+                    f"times[{b}, {i - 1}]={float(given[b, i - 1]):.6g}"
+                    if i > 0
+                    else f"t0={float(given[b, 0] - steps[b, 0]):.6g}"
+                )
+                raise ValueError(f"{where}: {what}{prev}, times[{b}, {i}]={float(given[b, i]):.6g}")
+            raise ValueError(f"{where}: dt must be positive; dt[{b}, {i}]={float(steps[b, i]):.6g}")
+        return steps
+
+    def _mask(self, where: str, mask: Tensor | None, xb: Tensor, unbatched: bool, to_batch_major: Any) -> Tensor | None:
+        if mask is None:
+            return None
+        mask = check_tensor(where, "mask", mask)
+        if mask.device != xb.device:
+            raise ValueError(f"{where}: mask is on {mask.device}, but x is on {xb.device}")
+        mb = to_batch_major("mask", mask, True)
+        if mb.shape != xb.shape:
+            want = (
+                tuple(xb.shape[1:]) if unbatched else tuple(xb.shape if self.batch_first else xb.transpose(0, 1).shape)
+            )
+            raise ValueError(f"{where}: expected mask of the shape of x {want}, got {tuple(mask.shape)}")
+        if mb.dtype != torch.bool and not bool(((mb == 0) | (mb == 1)).all()):
+            raise ValueError(f"{where}: mask must hold 0/1 (or bool) values, got other values")
+        return mb.to(xb.dtype)
+
+    def _states(self, where: str, state: StateArg, B: int, unbatched: bool) -> list[DREAMState]:
+        init = [f.initial_state(B) for f in self.fields]
+        if state is None:
+            return init
+        if self.num_layers == 1 and isinstance(state, DREAMState):
+            given = [state]
+        elif (
+            isinstance(state, (list, tuple))
+            and not isinstance(state, DREAMState)
+            and all(isinstance(s, tuple) for s in state)
+        ):
+            given = list(state)
+        else:
+            kind = "a DREAMState" if self.num_layers == 1 else f"a list of {self.num_layers} DREAMStates"
+            raise TypeError(f"{where}: state must be {kind}, got {type(state).__name__}")
+        if len(given) != self.num_layers:
+            raise ValueError(f"{where}: expected a state for each of the {self.num_layers} layers, got {len(given)}")
+        out = []
+        for i, (s, want) in enumerate(zip(given, init)):
+            label = "state" if self.num_layers == 1 else f"state[{i}]"
+            if unbatched:
+                s = DREAMState(*(c.unsqueeze(0) if isinstance(c, Tensor) else c for c in s))
+            out.append(check_state(where, s, want, label))
+        return out
+
+
+class DREAM(DREAMStack):
+    """The drop-in DREAM sequence module: ``output, state = DREAM(64, 128, rank=8)(x)``.
+
+    ``num_layers`` layers of width ``hidden_dim``; every other argument, the inputs and the
+    outputs are those of :class:`DREAMStack`.
+
+    Example:
+        >>> model = DREAM(input_dim=64, hidden_dim=128, rank=8)
+        >>> output, state = model(torch.randn(32, 50, 64))
+        >>> output.shape
+        torch.Size([32, 50, 128])
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, rank: int = 8, *, num_layers: int = 1, **kwargs: Any) -> None:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"DREAM: num_layers must be a positive int, got {num_layers!r}")
+        super().__init__(input_dim, [hidden_dim] * num_layers, rank, **kwargs)
+
+    def _repr_head(self) -> str:
+        head = f"{self.input_dim}, {self.hidden_dim}, rank={self.rank}"
+        return head + (f", num_layers={self.num_layers}" if self.num_layers > 1 else "")

@@ -1,0 +1,50 @@
+"""Built-in data sets, offline: JapaneseVowels ships with the package; PLAID and Mauna Loa CO2 load
+from the copies that sktime and statsmodels ship (optional extras). Nothing is downloaded.
+
+Every loader returns a list of :class:`dreamode.data.IrregularSeries` ``(times, values, label)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from ..data import IrregularSeries
+from ._japanese_vowels import FRAME_SHIFT_MS, load_japanese_vowels
+from ._optional import load_co2, load_plaid
+
+_LOADERS: dict[str, Callable[..., list[IrregularSeries]]] = {
+    "co2": load_co2,
+    "japanese_vowels": load_japanese_vowels,
+    "plaid": load_plaid,
+}
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`: ``"japanese_vowels"`` (built in), ``"plaid"`` (needs
+    the ``sktime`` extra) and ``"co2"`` (needs the ``statsmodels`` extra)."""
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, **kwargs: Any) -> list[IrregularSeries]:
+    """Load a data set by name; ``kwargs`` go to its loader (e.g. ``split="test"``).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones and the nearest match).
+    """
+    if name not in _LOADERS:
+        near = difflib.get_close_matches(str(name), list(_LOADERS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"load_dataset: expected name to be one of {available_datasets()}, got {name!r}{hint}")
+    return _LOADERS[name](**kwargs)
+
+
+__all__ = [
+    "FRAME_SHIFT_MS",
+    "available_datasets",
+    "load_co2",
+    "load_dataset",
+    "load_japanese_vowels",
+    "load_plaid",
+]
