@@ -9,7 +9,7 @@
 from ._cell import DREAMCell
 from ._config import DREAMConfig
 from ._field import DREAMField, DrivenField, FieldAux
-from ._integrate import SolveStats
+from ._integrate import SolveStats, StiffStepWarning
 from ._model import DREAM, DREAMStack
 from ._state import DREAMState
 from ._trace import Trace
@@ -26,6 +26,7 @@ __all__ = [
     "DrivenField",
     "FieldAux",
     "SolveStats",
+    "StiffStepWarning",
     "Trace",
     "__version__",
 ]

@@ -8,7 +8,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ._config import DREAMConfig
 from ._state import DREAMState
@@ -24,12 +23,15 @@ class FieldAux(NamedTuple):
         tau: the liquid time constant τ, ``(B,)``, time units.
         prediction: ``x̂``, ``(B, I)``.
         error_norm: the RMS z-score ``n`` of the error, ``(B,)``.
+        decay: per state component, the rate ``c`` of its linear self-decay ``-c·z`` (broadcastable
+            to the component); the semi-implicit ``ltc-fused`` step treats it implicitly.
     """
 
     surprise: Tensor
     tau: Tensor
     prediction: Tensor
     error_norm: Tensor
+    decay: tuple[Tensor | float, ...] = ()
 
 
 def _safe_sqrt(q: Tensor) -> Tensor:
@@ -187,31 +189,44 @@ class DREAMField(nn.Module):
             gain = (self.eta * surprise.unsqueeze(-1)) * h  # (B, H)
             hebb = gain.unsqueeze(-1) * (error @ self.V).unsqueeze(1)  # (B, H, R)
             forget = cfg.forgetting_rate * (1 + cfg.adaptive_forgetting_scale * surprise)
+            # Soft norm bound with a bounded rate ν·relu(1 − N/‖U‖): the math page's
+            # ν·relu(‖U‖/N − 1) has the same slope at ‖U‖ = N, but its rate grows without bound
+            # and every explicit step diverges once ‖U‖ overshoots. At Δt·ν = 1 this Euler step
+            # is exactly the projection of U onto the ball of radius N.
             norm_U = _safe_sqrt(U.square().sum(dim=(1, 2)))
-            homeo = cfg.homeostasis_rate * F.relu(norm_U / cfg.target_norm - 1)
+            over = norm_U > cfg.target_norm
+            safe_norm = torch.where(over, norm_U, torch.full_like(norm_U, cfg.target_norm))
+            homeo = cfg.homeostasis_rate * torch.where(over, 1 - cfg.target_norm / safe_norm, torch.zeros_like(norm_U))
             dU = hebb - forget[:, None, None] * (U - U_target) - homeo[:, None, None] * U
+            decay_U = (forget + homeo)[:, None, None]
         else:
             dU = torch.zeros_like(U)
+            decay_U = 0.0
 
         # 9. sleep consolidation while average surprise is low
         if cfg.sleep_enabled:
             sleep_gate = torch.sigmoid((cfg.min_surprise_for_sleep - avg_surprise) / gamma)
-            dU_target = (cfg.sleep_rate * sleep_gate)[:, None, None] * (U - U_target)
+            decay_U_target = (cfg.sleep_rate * sleep_gate)[:, None, None]
+            dU_target = decay_U_target * (U - U_target)
         else:
             dU_target = torch.zeros_like(U_target)
+            decay_U_target = 0.0
 
         # 10. running statistics as rates: one Euler step of time_step is the usual EMA
         r_err = cfg.error_smoothing / cfg.time_step
         d_error_mean = r_err * dev
         d_error_var = r_err * (dev.square() - error_var)
-        d_avg_surprise = (cfg.surprise_smoothing / cfg.time_step) * (surprise - avg_surprise)
+        r_surprise = cfg.surprise_smoothing / cfg.time_step
+        d_avg_surprise = r_surprise * (surprise - avg_surprise)
         # The habituation target saturates at max_adaptive_tau, so the threshold stays <= the bound
         # along the exact flow and for every Euler step with dt * rate <= 1 (no clamp of the state).
         target = torch.clamp(error_norm, max=cfg.max_adaptive_tau)
-        d_adaptive_tau = (cfg.habituation_rate / cfg.time_step) * (target - adaptive_tau)
+        r_habituation = cfg.habituation_rate / cfg.time_step
+        d_adaptive_tau = r_habituation * (target - adaptive_tau)
 
         dz = DREAMState(dh, dU, dU_target, d_error_mean, d_error_var, d_avg_surprise, d_adaptive_tau)
-        return dz, FieldAux(surprise, tau, prediction, error_norm)
+        decay = (1 / tau.unsqueeze(-1), decay_U, decay_U_target, r_err, r_err, r_surprise, r_habituation)
+        return dz, FieldAux(surprise, tau, prediction, error_norm, decay)
 
     def driven_by(self, path: Callable[[Tensor], Tensor], mask: Tensor | None = None) -> DrivenField:
         """Bind an input path ``x(t) -> (B, I)``: the result is an ``f(t, z)`` for :func:`solvers.solve`."""

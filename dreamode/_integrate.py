@@ -9,6 +9,7 @@ with ``dz/du = Δt · f(z; x(u))``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,23 @@ from ._state import DREAMState
 from ._trace import Trace
 
 LTC_FUSED = "ltc-fused"
+
+
+class StiffStepWarning(UserWarning):
+    """An explicit fixed step longer than the field's stability limit: the result may blow up."""
+
+
+def explicit_step_limit(f: DREAMField) -> float:
+    """Longest stable explicit step (time units): ``2·min(tau_min, 1/homeostasis_rate)``.
+
+    τ never drops below ``tau_min``, and the fast weights' norm bound relaxes at rate up to
+    ``homeostasis_rate``; explicit Euler on ``-c·z`` is stable for ``Δt·c <= 2``.
+    """
+    cfg = f.config
+    fastest = 1 / cfg.tau_min
+    if cfg.fast_weights:
+        fastest = max(fastest, cfg.homeostasis_rate)
+    return 2 / fastest
 
 
 @dataclass
@@ -62,6 +80,11 @@ def _views(h: Tensor, z: DREAMState) -> list[Tensor]:
     return [h.view(-1, *([1] * (c.dim() - 1))) for c in z]
 
 
+def _masks(keep: Tensor, z: DREAMState) -> list[Tensor]:
+    """``keep`` ``(B,)`` shaped to broadcast against each state component."""
+    return [keep.view(-1, *([1] * (c.dim() - 1))) for c in z]
+
+
 def _axpy(z: tuple[Tensor, ...], hv: list[Tensor], k: tuple[Tensor, ...], a: float) -> DREAMState:
     if a == 1.0:
         return DREAMState(*(torch.addcmul(zc, hc, kc) for zc, hc, kc in zip(z, hv, k)))
@@ -90,11 +113,12 @@ def _fixed_step(
             du = 1.0 / n_sub
             u0 = torch.clamp(j * du, max=1.0)
         hv = _views(h, z)
-        if tab is None:  # ltc-fused: semi-implicit in h, Euler in the rest
+        if tab is None:
+            # ltc-fused: every component's linear self-decay -c·z is taken implicitly,
+            # z + Δt·dz / (1 + Δt·c); for h that is (h + (Δt/τ) h_target) / (1 + Δt/τ).
             dz, aux = f.evaluate(z, path.at(u0), mask)
-            shrink = 1 + h / aux.tau
-            dh = dz.h / shrink.unsqueeze(-1)
-            z = _axpy(z, hv, (dh, *dz[1:]), 1.0)
+            damped = tuple(d / (1 + hc * c) for d, hc, c in zip(dz, hv, aux.decay))
+            z = _axpy(z, hv, damped, 1.0)
         else:
             ks: list[DREAMState] = []
             for i, c in enumerate(tab.c):
@@ -156,12 +180,28 @@ def integrate_layer(
             n_sub = torch.clamp(torch.ceil(dt / integ.max_step - 1e-9), min=1).to(dt.dtype)
             n_max = n_sub.amax(dim=0).long().tolist()  # one host sync for the whole sequence
         stages = 1 if integ.tableau is None else integ.tableau.stages
+        if integ.tableau is not None:
+            longest = float((dt if n_sub is None else dt / n_sub).max())
+            limit = explicit_step_limit(f)
+            if longest > limit:
+                warnings.warn(
+                    f"DREAM: explicit {integ.method!r} steps of up to {longest:.4g} time units exceed the "
+                    f"stability limit {limit:.4g} of this field (2·min(tau_min, 1/homeostasis_rate)); the "
+                    f"state may blow up. Use max_step={limit / 2:.4g}, solver='ltc-fused' (stable for any "
+                    "step) or an adaptive solver such as 'dopri5', or rescale the time axis.",
+                    StiffStepWarning,
+                    stacklevel=4,
+                )
+    # Padding (dt = 0) must leave the state exactly as it was even if the field is not finite
+    # on the padded inputs: select rather than multiply by zero.
+    frozen = (dt == 0).any(dim=0).tolist()
     outputs: list[Tensor] = []
     auxes: list[FieldAux] = []
     u_norms: list[Tensor] = []
     unit = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x.device)
     for i in range(T):
         step_path = path.step(i)
+        z_prev = z
         m = None if mask is None else mask[:, i]
         if integ.fixed_step:
             z, aux = _fixed_step(f, integ, z, step_path, m, dt[:, i], None if n_sub is None else n_sub[:, i], n_max[i])
@@ -189,6 +229,9 @@ def integrate_layer(
             stats.steps += sol.stats.steps or 0
             stats.rejected += sol.stats.rejected or 0
             stats.per_step_nfe.append(sol.stats.nfe or 0)
+        if frozen[i]:
+            keep = dt[:, i] == 0
+            z = DREAMState(*(torch.where(v, old, new) for v, old, new in zip(_masks(keep, z), z_prev, z)))
         outputs.append(z.h)
         if trace:
             auxes.append(aux)

@@ -250,7 +250,7 @@ class DREAMStack(nn.Module):
             if tr is not None:
                 traces.append(tr)
         if lengths_t is not None:
-            out = out * valid.unsqueeze(-1).to(out.dtype)
+            out = torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
         if unbatched:
             out = out.squeeze(0)

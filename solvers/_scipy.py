@@ -44,15 +44,23 @@ class ScipySolver(Solver):
         flat = Flattener(y0)
         device = y0[0].device
         checked = False
+        last_t = float(t[0])
+        calls = 0  # scipy's nfev leaves out the evaluations of its finite-difference Jacobians
 
         def fun(ti: float, y: np.ndarray) -> np.ndarray:
-            nonlocal checked
+            nonlocal checked, last_t, calls
+            last_t = ti
+            calls += 1
             yt = flat.unflatten(torch.from_numpy(y).to(device))
             out = f(torch.tensor(ti, dtype=t.dtype, device=device), yt)
             if not checked:
                 check_field_output(self.name, out, yt)
                 checked = True
-            return flat.flatten(out).detach().cpu().double().numpy()
+            dy = flat.flatten(out).detach().cpu().double().numpy()
+            if not np.isfinite(dy).all():
+                # LSODA retries forever on an inf derivative (y' = y**2 past its blow-up hangs), so stop here.
+                raise SolverError(f"{self.name}: f(t, y) returned NaN/inf at t={ti:.6g}; the solution may blow up there")
+            return dy
 
         grid = t.detach().cpu().double().numpy()
         y_np = flat.flatten(y0).detach().cpu().double().numpy()
@@ -61,10 +69,10 @@ class ScipySolver(Solver):
                 fun, (grid[0], grid[-1]), y_np, method=self.method, t_eval=grid, rtol=rtol, atol=atol, **options
             )
         if sol.status != 0:
-            reached = sol.t[-1] if len(sol.t) else grid[0]
-            raise SolverError(f"{self.name}: {sol.message} (solution reached t={reached:.6g} of {grid[-1]:.6g})")
+            # sol.t holds only the t_eval points passed, so the last time f was called is where it failed.
+            raise SolverError(f"{self.name}: {sol.message} near t={last_t:.6g} (integrating to t={grid[-1]:.6g})")
         ys = torch.from_numpy(np.ascontiguousarray(sol.y.T)).to(device)
-        return flat.unflatten(ys, lead=(len(grid),)), Stats(nfe=int(sol.nfev))
+        return flat.unflatten(ys, lead=(len(grid),)), Stats(nfe=calls)
 
 
 @register("scipy-RK45", order=5, adaptive=True, differentiable=False, backend="scipy")

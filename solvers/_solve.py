@@ -90,7 +90,7 @@ def solve(
         out = f(ti, y if is_tuple else y[0])
         return out if is_tuple else (out,)
 
-    field: Any = tuple_f if is_tuple else _TensorField.wrap(f, tuple_f)
+    field: Any = _TensorField.wrap(f, tuple_f)
     ys, stats = solver.integrate(
         field,
         state,

@@ -35,7 +35,7 @@ class _FlatField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.nfe += 1
-        self.last_t = float(t)
+        self.last_t = float(t.detach())
         yt = self.flat.unflatten(y)
         out = self.f(t, yt)
         if not self._checked:
@@ -97,18 +97,21 @@ class TorchdiffeqSolver(Solver):
         func = _FlatField(f, flat, self.name)
         solver_options = {k: v for k, v in options.items() if k not in _ADJOINT_OPTIONS}
         solver_options.setdefault("max_num_steps", _DEFAULT_MAX_STEPS)
-        if "step_t" not in solver_options and len(t) > 2:
-            # Make every output time a step end: torchdiffeq's dense output between steps is of low
-            # order for several tableaux (bosh3 at rtol=1e-9 is off by 1e-6 without this).
+        if "step_t" not in solver_options and len(t) > 1:
+            # Make every output time a step end, the last one included (torchdiffeq otherwise steps
+            # past t[-1] and interpolates back): its dense output is of low order for several
+            # tableaux (dopri8 at rtol=1e-6 on y' = -y over [0, 1] is off by 1e-5 without this).
             jumps = solver_options.get("jump_t")
-            inner = t[1:-1]
+            inner = t[1:]
             if jumps is not None:
                 inner = inner[~torch.isin(inner, torch.as_tensor(jumps, dtype=t.dtype, device=t.device))]
             solver_options["step_t"] = inner
         kwargs: dict[str, Any] = dict(rtol=rtol, atol=atol, method=self.name, options=solver_options)
         if adjoint:
             params = tuple(f.parameters()) if isinstance(f, nn.Module) else ()
-            kwargs["adjoint_params"] = params + tuple(adjoint_params)
+            # A tensor listed twice (a module parameter also passed in adjoint_params) would get its
+            # gradient twice, once per occurrence.
+            kwargs["adjoint_params"] = tuple({id(p): p for p in params + tuple(adjoint_params)}.values())
             kwargs.update({k: v for k, v in options.items() if k in _ADJOINT_OPTIONS})
             if "adjoint_options" not in kwargs and kwargs.get("adjoint_method", self.name) != self.name:
                 kwargs["adjoint_options"] = {}

@@ -26,9 +26,6 @@ class IrregularSeries(NamedTuple):
     label: int | None = None
 
 
-SeriesLike = IrregularSeries | Sequence[Any]
-
-
 def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype | None = None) -> IrregularSeries:
     """Coerce ``item`` — an :class:`IrregularSeries` or a ``(times, values[, label])`` tuple of
     tensors, arrays or lists — into a checked :class:`IrregularSeries`.
@@ -43,8 +40,14 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
     else:
         raise bad_argument(func, name, "an IrregularSeries or a (times, values[, label]) tuple", item, error=TypeError)
     try:
-        times_t = torch.as_tensor(times, dtype=torch.float64)
-        values_t = torch.as_tensor(np.asarray(values) if isinstance(values, list) else values)
+        times_t = torch.as_tensor(
+            np.asarray(times, dtype=np.float64) if isinstance(times, list | tuple) else times, dtype=torch.float64
+        )
+        values_t = (
+            torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.get_default_dtype())
+            if isinstance(values, list | tuple)
+            else torch.as_tensor(values)
+        )
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{func}: could not convert {name} to tensors: {exc}") from exc
     if not values_t.is_floating_point():
