@@ -23,12 +23,12 @@ class DREAMCell(nn.Module):
     ``h_next = (1 - Δt/τ) h + (Δt/τ) h_target`` and the other updates of dream-math.md §3-4.
 
     Args:
-        config: a :class:`DREAMConfig`, or ``input_dim`` followed by ``hidden_dim``, ``rank`` and
+        config: a `DREAMConfig`, or ``input_dim`` followed by ``hidden_dim``, ``rank`` and
             any config field as keywords.
 
     Inputs: ``x, state=None, dt=None, mask=None``
         - **x** ``(B, I)`` or ``(I,)``.
-        - **state**: :class:`DREAMState` (``None``: the initial state).
+        - **state**: `DREAMState` (``None``: the initial state).
         - **dt**: step length: ``None`` (``time_step``), a positive float, or ``(B,)``.
         - **mask** ``(B, I)``: observed channels.
 

@@ -42,13 +42,13 @@ def _safe_sqrt(q: Tensor) -> Tensor:
 
 
 class DREAMField(nn.Module):
-    """The DREAM vector field ``dz/dt = f(z; x, m)`` over a :class:`DREAMState` ``z``.
+    """The DREAM vector field ``dz/dt = f(z; x, m)`` over a `DREAMState` ``z``.
 
-    ``field(t, z, x, mask=None)`` returns ``dz/dt`` (a :class:`DREAMState` of derivatives) for the
+    ``field(t, z, x, mask=None)`` returns ``dz/dt`` (a `DREAMState` of derivatives) for the
     input value ``x`` ``(B, I)`` and observation mask ``mask`` ``(B, I)`` of 0/1 (``None``: all
     observed). ``t`` is accepted for the ``f(t, y)`` convention and not used: the field is
-    autonomous given its input. :meth:`driven_by` binds an input path ``x(t)`` and returns the
-    ``f(t, z)`` that any solver of the :mod:`solvers` registry integrates.
+    autonomous given its input. `driven_by` binds an input path ``x(t)`` and returns the
+    ``f(t, z)`` that any solver of the `solvers` registry integrates.
 
     Parameters (math names): ``C`` ``(H, I)`` decoder, ``B`` ``(I, H)`` input drive, ``W``
     ``(I, H)`` error injection, ``eta`` ``(H,)`` plasticity; positive scalars stored as logs and
@@ -229,7 +229,7 @@ class DREAMField(nn.Module):
         return dz, FieldAux(surprise, tau, prediction, error_norm, decay)
 
     def driven_by(self, path: Callable[[Tensor], Tensor], mask: Tensor | None = None) -> DrivenField:
-        """Bind an input path ``x(t) -> (B, I)``: the result is an ``f(t, z)`` for :func:`solvers.solve`."""
+        """Bind an input path ``x(t) -> (B, I)``: the result is an ``f(t, z)`` for `solvers.solve`."""
         return DrivenField(self, path, mask)
 
     def extra_repr(self) -> str:

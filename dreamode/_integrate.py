@@ -3,7 +3,7 @@
 Step ``i`` integrates over ``(t_{i-1}, t_i]`` and restarts the solver at every observation, so the
 jumps of a ``hold`` input never sit inside a step. Fixed-step methods step every sample with its
 own ``Δt`` (and, with ``max_step``, its own number of sub-steps), which keeps samples independent;
-adaptive and scipy methods go through :func:`solvers.solve` on the local variable ``u`` in [0, 1]
+adaptive and scipy methods go through `solvers.solve` on the local variable ``u`` in [0, 1]
 with ``dz/du = Δt · f(z; x(u))``.
 """
 
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 import solvers
 
+from . import _fast_euler
 from ._field import DREAMField, FieldAux
 from ._path import SequencePath, StepPath
 from ._state import DREAMState
@@ -102,6 +103,8 @@ def _fixed_step(
     n_max: int,
 ) -> tuple[DREAMState, FieldAux]:
     """One observation step with a fixed-step method; ``n_sub`` ``(B,)`` sub-steps per sample."""
+    if integ.method == "euler" and n_sub is None and n_max == 1 and _fast_euler.step_applies(f, z, path.end, mask, dt):
+        return _fast_euler.step(f, z, path.at(0.0), mask, dt)
     tab = integ.tableau
     aux0 = None
     for j in range(n_max):
@@ -139,7 +142,7 @@ def _fixed_step(
 
 
 class _StepODE(nn.Module):
-    """``dz/du = Δt · f(z; x(u))`` on one observation step, for :func:`solvers.solve`."""
+    """``dz/du = Δt · f(z; x(u))`` on one observation step, for `solvers.solve`."""
 
     def __init__(self, f: DREAMField, path: StepPath, mask: Tensor | None, dt: Tensor) -> None:
         super().__init__()
@@ -168,9 +171,12 @@ def integrate_layer(
     """Run one layer over ``x`` ``(B, T, I)`` with steps ``dt`` ``(B, T)`` (0 = padding, frozen).
 
     Returns ``h(t_i)`` stacked as ``(B, T, H)``, the final state, the per-step field quantities
-    at the start of each step as a :class:`Trace` (when ``trace``), and solve statistics.
+    at the start of each step as a `Trace` (when ``trace``), and solve statistics.
     """
     T = x.shape[1]
+    if integ.method == "euler" and integ.max_step is None and not trace and _fast_euler.sequence_applies(f, mask):
+        out, z = _fast_euler.run_sequence(f, x, dt, mask, z, interpolation)
+        return out, z, None, SolveStats(nfe=T, steps=T, per_step_nfe=[1] * T)
     path = SequencePath.build(interpolation, x, dt)
     stats = SolveStats()
     if integ.fixed_step:
@@ -190,7 +196,7 @@ def integrate_layer(
                     f"state may blow up. Use max_step={limit / 2:.4g}, solver='ltc-fused' (stable for any "
                     "step) or an adaptive solver such as 'dopri5', or rescale the time axis.",
                     StiffStepWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
     # Padding (dt = 0) must leave the state exactly as it was even if the field is not finite
     # on the padded inputs: select rather than multiply by zero.

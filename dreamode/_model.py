@@ -32,19 +32,20 @@ class DREAMStack(nn.Module):
         dropout: dropout on the outputs of every layer but the last (as ``nn.LSTM``).
         batch_first: ``x`` is ``(B, T, I)`` (default) or ``(T, B, I)``; ``times``, ``dt`` and
             ``mask`` follow the same layout.
-        solver: a name of :func:`solvers.available`, or ``"ltc-fused"`` (semi-implicit LTC step).
+        solver: a name of `solvers.available`, or ``"ltc-fused"`` (semi-implicit LTC step).
             ``"euler"`` with one step per observation is the seed's reference rule.
         adjoint: backpropagate with the continuous adjoint (adaptive torchdiffeq solvers).
-        rtol, atol: tolerances of adaptive solvers.
+        rtol: relative tolerance of adaptive solvers.
+        atol: absolute tolerance of adaptive solvers.
         max_step: fixed-step solvers: split each observation interval of each sample into the
             fewest equal sub-steps not longer than ``max_step`` (time units).
         interpolation: input path between observations: ``"hold"``, ``"linear"`` or ``"cubic"``.
-        solver_options: extra options passed to :func:`solvers.solve` (adaptive/scipy solvers).
-        **config_fields: any :class:`DREAMConfig` field (``time_step``, ``ltc_tau_sys``, ...).
+        solver_options: extra options passed to `solvers.solve` (adaptive/scipy solvers).
+        **config_fields: any `DREAMConfig` field (``time_step``, ``ltc_tau_sys``, ...).
 
     Inputs: ``x, state=None, *, times=None, dt=None, mask=None, lengths=None, t0=None, return_trace=False``
         - **x** ``(B, T, I)``, or ``(T, I)`` unbatched.
-        - **state**: a :class:`DREAMState` per layer (a list when there are several layers).
+        - **state**: a `DREAMState` per layer (a list when there are several layers).
         - **times** ``(B, T)`` or ``(T,)``: strictly increasing observation times; or
         - **dt** ``(B, T)`` or ``(T,)``: positive time since the previous observation.
           Neither: ``dt = time_step``. ``dt[:, 0]`` is the step into the first observation.
@@ -56,9 +57,9 @@ class DREAMStack(nn.Module):
     Outputs: ``output, state`` (and ``trace`` when ``return_trace=True``)
         - **output** ``(B, T, H_last)``: ``h(t_i)`` of the last layer; zero past ``lengths``
           (as ``nn.utils.rnn.pad_packed_sequence``).
-        - **state**: final :class:`DREAMState` (list for several layers), at each sample's last
+        - **state**: final `DREAMState` (list for several layers), at each sample's last
           real observation.
-        - **trace**: a :class:`Trace` per layer (list for several layers).
+        - **trace**: a `Trace` per layer (list for several layers).
     """
 
     def __init__(
@@ -394,7 +395,7 @@ class DREAM(DREAMStack):
     """The drop-in DREAM sequence module: ``output, state = DREAM(64, 128, rank=8)(x)``.
 
     ``num_layers`` layers of width ``hidden_dim``; every other argument, the inputs and the
-    outputs are those of :class:`DREAMStack`.
+    outputs are those of `DREAMStack`.
 
     Example:
         >>> model = DREAM(input_dim=64, hidden_dim=128, rank=8)

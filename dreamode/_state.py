@@ -86,7 +86,7 @@ class DREAMState(NamedTuple):
 
     @classmethod
     def from_dict(cls, d: dict[str, Tensor]) -> DREAMState:
-        """Inverse of :meth:`as_dict`; a missing or extra key is a ``ValueError``."""
+        """Inverse of `as_dict`; a missing or extra key is a ``ValueError``."""
         missing = set(cls._fields) - set(d)
         extra = set(d) - set(cls._fields)
         if missing or extra:

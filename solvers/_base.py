@@ -35,13 +35,13 @@ class Stats:
 
 @dataclass
 class Solution:
-    """Result of :func:`solvers.solve`.
+    """Result of `solvers.solve`.
 
     Attributes:
         ys: the solution at every time of ``t``; same structure as ``y0`` (a tensor or a tuple of
             tensors), each with a leading ``len(t)`` axis.
         t: the output times, as given.
-        stats: :class:`Stats` of the solve.
+        stats: `Stats` of the solve.
         method: name of the method used.
     """
 
@@ -54,8 +54,8 @@ class Solution:
 class Solver:
     """Base class of every registered method.
 
-    A subclass sets ``options`` (the option names it accepts) and implements :meth:`integrate`
-    over a *tuple* state; :func:`solvers.solve` does validation and packing, so ``integrate``
+    A subclass sets ``options`` (the option names it accepts) and implements `integrate`
+    over a *tuple* state; `solvers.solve` does validation and packing, so ``integrate``
     sees well-formed input only.
     """
 

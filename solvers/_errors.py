@@ -13,6 +13,8 @@ def unknown_name_message(kind: str, name: object, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), valid, n=1)
     if close:
         msg += f"; did you mean {close[0]!r}?"
+    else:
+        msg += "."
     return msg + f" Valid {kind}s: {', '.join(valid)}"
 
 

@@ -11,7 +11,7 @@ from ._base import State
 class Flattener:
     """Maps a tuple of tensors to one 1-D tensor (batched: leading axes kept) and back.
 
-    The flat dtype is the promotion of the components' dtypes; :meth:`unflatten` casts each
+    The flat dtype is the promotion of the components' dtypes; `unflatten` casts each
     component back to its own dtype.
     """
 

@@ -21,7 +21,7 @@ class SolverEntry:
         differentiable: gradients flow through the solve by direct backpropagation.
         supports_adjoint: ``adjoint=True`` is accepted (continuous adjoint backward pass).
         backend: ``"solvers"`` (this package), ``"torchdiffeq"`` or ``"scipy"``.
-        solver: the class implementing the method (a :class:`solvers.Solver` subclass).
+        solver: the class implementing the method (a `solvers.Solver` subclass).
         description: first line of the class docstring.
     """
 

@@ -41,6 +41,8 @@ class ScipySolver(Solver):
         adjoint: bool,
         adjoint_params: Sequence[Tensor],
     ) -> tuple[State, Stats]:
+        if len(t) == 1:  # solve_ivp cannot integrate over an empty span
+            return tuple(y.detach()[None] for y in y0), Stats(nfe=0)
         flat = Flattener(y0)
         device = y0[0].device
         checked = False

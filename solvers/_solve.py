@@ -35,9 +35,10 @@ def solve(
         y0: initial state, a floating tensor or a tuple of floating tensors of any shapes.
         t: 1-D strictly increasing or strictly decreasing output times, ``(T,)``; ``t[0]`` is the
             initial time. Time arithmetic is done in ``t``'s dtype (use float64).
-        method: a registered name (see :func:`available`), a :class:`Solver` instance or class.
+        method: a registered name (see `available`), a `Solver` instance or class.
         adjoint: backpropagate with the continuous adjoint (memory O(1) in the number of steps).
-        rtol, atol: tolerances of adaptive methods.
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
         step_size: fixed-step methods only: the longest step; each interval of ``t`` is split into
             the fewest equal substeps not longer than it. ``None``: one step per interval.
         options: method-specific options; unknown names are an error.
@@ -45,7 +46,7 @@ def solve(
             (the parameters of ``f`` are included automatically when ``f`` is an ``nn.Module``).
 
     Returns:
-        :class:`Solution` with ``ys`` (structure of ``y0``, each ``(T, *y0.shape)``) and ``stats``.
+        `Solution` with ``ys`` (structure of ``y0``, each ``(T, *y0.shape)``) and ``stats``.
 
     Raises:
         ValueError, TypeError: invalid arguments (the message names the argument).

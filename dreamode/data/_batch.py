@@ -46,10 +46,10 @@ class IrregularBatch(NamedTuple):
 def pad_series(
     series: Sequence[Any], *, drop_missing_rows: bool = True, dtype: torch.dtype | None = None
 ) -> IrregularBatch:
-    """Pad a list of variable-length series into one :class:`IrregularBatch`.
+    """Pad a list of variable-length series into one `IrregularBatch`.
 
     Args:
-        series: ``B`` series, each an :class:`IrregularSeries` or a ``(times, values[, label])``
+        series: ``B`` series, each an `IrregularSeries` or a ``(times, values[, label])``
             tuple with ``times`` ``(L,)`` strictly increasing and ``values`` ``(L, I)`` (``NaN`` =
             missing). Lengths may differ; the channel count ``I`` may not.
         drop_missing_rows: drop time points where every channel is ``NaN`` (default). Pass ``False``
@@ -57,7 +57,7 @@ def pad_series(
         dtype: floating dtype of ``x`` and ``mask`` (default: ``torch.get_default_dtype()``).
 
     Returns:
-        An :class:`IrregularBatch` with ``T`` the longest (kept) length. ``labels`` is set when every
+        An `IrregularBatch` with ``T`` the longest (kept) length. ``labels`` is set when every
         series has a label and ``None`` when none has.
 
     Raises:

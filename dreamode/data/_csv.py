@@ -19,10 +19,10 @@ DEFAULT_NA = ("", "NA", "NaN", "nan")
 
 @dataclass(frozen=True)
 class LongData:
-    """What :func:`read_long_csv` found.
+    """What `read_long_csv` found.
 
     Attributes:
-        series: one :class:`IrregularSeries` per id, in order of first appearance; ``values`` is
+        series: one `IrregularSeries` per id, in order of first appearance; ``values`` is
             ``(L, I)`` in the default dtype with ``NaN`` for missing cells; ``times`` as written.
         ids: the id of each series (the cell text).
         features: the ``I`` feature column names, in channel order.
@@ -61,7 +61,7 @@ def read_long_csv(
         na_values: cell texts that mean "missing" in feature columns.
 
     Returns:
-        A :class:`LongData` with the series, their ids, the feature names and the class names.
+        A `LongData` with the series, their ids, the feature names and the class names.
 
     Raises:
         ValueError: naming the line and column, for a missing column, a non-numeric cell, an

@@ -13,10 +13,10 @@ from ._series import IrregularSeries, as_series_list
 
 
 class SeriesDataset(Dataset[IrregularSeries]):
-    """A list of irregular series as a map-style dataset; pair it with :func:`collate_series`.
+    """A list of irregular series as a map-style dataset; pair it with `collate_series`.
 
     Args:
-        series: the series, each an :class:`IrregularSeries` or a ``(times, values[, label])`` tuple;
+        series: the series, each an `IrregularSeries` or a ``(times, values[, label])`` tuple;
             they are checked and converted once, here.
 
     Example::
@@ -55,6 +55,6 @@ class SeriesDataset(Dataset[IrregularSeries]):
 
 
 def collate_series(items: Sequence[Any]) -> IrregularBatch:
-    """``collate_fn`` for :class:`torch.utils.data.DataLoader`: pads the items with
-    :func:`pad_series` (fully missing rows dropped, default dtype) into an :class:`IrregularBatch`."""
+    """``collate_fn`` for `torch.utils.data.DataLoader`: pads the items with
+    `pad_series` (fully missing rows dropped, default dtype) into an `IrregularBatch`."""
     return pad_series(items)

@@ -21,16 +21,16 @@ def drop_observations(series: Sequence[Any], p: float, seed: int = 0) -> list[Ir
     ``n_drop = floor(p * L)`` rows (whole time points, all channels) are drawn uniformly without
     replacement by ``torch.randperm(L)[:n_drop]`` and removed. This is the protocol of the Neural
     CDE code for CharacterTrajectories, which there marks those rows ``NaN`` instead of removing them
-    (the same thing once :func:`pad_series` drops fully missing rows). Since ``p < 1`` at least one
+    (the same thing once `pad_series` drops fully missing rows). Since ``p < 1`` at least one
     point of every series survives.
 
     Args:
-        series: the series (:class:`IrregularSeries` or ``(times, values[, label])`` tuples).
+        series: the series (`IrregularSeries` or ``(times, values[, label])`` tuples).
         p: fraction to drop, ``0 <= p < 1``.
         seed: seed of the generator; the same ``seed``, ``p`` and series give the same result.
 
     Returns:
-        New :class:`IrregularSeries`, in order, each with ``L - floor(p * L)`` points and its label.
+        New `IrregularSeries`, in order, each with ``L - floor(p * L)`` points and its label.
     """
     if isinstance(p, bool) or not isinstance(p, Real) or not 0.0 <= float(p) < 1.0:
         raise bad_argument("drop_observations", "p", "a number in [0, 1)", p)

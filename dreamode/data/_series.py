@@ -27,8 +27,8 @@ class IrregularSeries(NamedTuple):
 
 
 def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype | None = None) -> IrregularSeries:
-    """Coerce ``item`` — an :class:`IrregularSeries` or a ``(times, values[, label])`` tuple of
-    tensors, arrays or lists — into a checked :class:`IrregularSeries`.
+    """Coerce ``item`` — an `IrregularSeries` or a ``(times, values[, label])`` tuple of
+    tensors, arrays or lists — into a checked `IrregularSeries`.
 
     ``values`` may be ``(L,)`` for one channel; it becomes ``(L, 1)``. Times become float64 and must be
     finite and strictly increasing. Errors name ``func`` and ``name`` (e.g. ``"series[3]"``).
@@ -81,7 +81,7 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
 
 
 def as_series_list(series: Any, func: str, *, dtype: torch.dtype | None = None) -> list[IrregularSeries]:
-    """Coerce a non-empty sequence of series (see :func:`as_series`) with one channel count."""
+    """Coerce a non-empty sequence of series (see `as_series`) with one channel count."""
     if isinstance(series, IrregularSeries) or not isinstance(series, Sequence) or isinstance(series, str):
         raise bad_argument(func, "series", "a sequence of series", series, error=TypeError)
     if len(series) == 0:

@@ -61,10 +61,10 @@ class Standardizer:
 
 
 def standardize(train: Sequence[Any], *others: Sequence[Any]) -> tuple[list[IrregularSeries], ...]:
-    """Fit a :class:`Standardizer` on ``train`` only and apply it to ``train`` and each of ``others``.
+    """Fit a `Standardizer` on ``train`` only and apply it to ``train`` and each of ``others``.
 
     Returns ``(train_std, *others_std)``, e.g. ``train, test = standardize(train, test)``. Use
-    :meth:`Standardizer.fit` directly to keep the statistics.
+    `Standardizer.fit` directly to keep the statistics.
     """
     scaler = Standardizer.fit(train)
     return tuple(scaler.transform(s) for s in (train, *others))

@@ -1,7 +1,7 @@
 """Built-in data sets, offline: JapaneseVowels ships with the package; PLAID and Mauna Loa CO2 load
 from the copies that sktime and statsmodels ship (optional extras). Nothing is downloaded.
 
-Every loader returns a list of :class:`dreamode.data.IrregularSeries` ``(times, values, label)``.
+Every loader returns a list of `dreamode.data.IrregularSeries` ``(times, values, label)``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _LOADERS: dict[str, Callable[..., list[IrregularSeries]]] = {
 
 
 def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`: ``"japanese_vowels"`` (built in), ``"plaid"`` (needs
+    """Names accepted by `load_dataset`: ``"japanese_vowels"`` (built in), ``"plaid"`` (needs
     the ``sktime`` extra) and ``"co2"`` (needs the ``statsmodels`` extra)."""
     return sorted(_LOADERS)
 

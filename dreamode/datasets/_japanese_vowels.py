@@ -34,9 +34,9 @@ def load_japanese_vowels(split: str = "train") -> list[IrregularSeries]:
             or ``"all"`` (640: the training series, then the test series).
 
     Returns:
-        A list of :class:`~dreamode.data.IrregularSeries`: ``times`` ``(L,)`` float64, the frame
+        A list of `~dreamode.data.IrregularSeries`: ``times`` ``(L,)`` float64, the frame
         index ``0, 1, ..., L-1`` (one unit = one frame = ``FRAME_SHIFT_MS`` = 6.4 ms); ``values``
-        ``(L, 12)`` float32 (unscaled coefficients; see :func:`dreamode.data.standardize`);
+        ``(L, 12)`` float32 (unscaled coefficients; see `dreamode.data.standardize`);
         ``label`` the speaker, ``0..8``.
     """
     lo, hi = check_split("load_japanese_vowels", split, n_train=int(_arrays()["n_train"]), n_total=640)

@@ -20,7 +20,7 @@ def load_plaid(split: str = "train") -> list[IrregularSeries]:
         split: ``"train"`` (537 series), ``"test"`` (537) or ``"all"`` (1074: train, then test).
 
     Returns:
-        A list of :class:`~dreamode.data.IrregularSeries`: ``times`` ``(L,)`` float64 sample index
+        A list of `~dreamode.data.IrregularSeries`: ``times`` ``(L,)`` float64 sample index
         ``0..L-1``; ``values`` ``(L, 1)`` float32; ``label`` the appliance class ``0..10`` (air
         conditioner 0, ..., washing machine 10, as in the archive).
 
