@@ -54,8 +54,17 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main(dim: int = 128, batch: int = 32, steps: int = 100, repeats: int = 200, dtype: str = "float32") -> dict:
+def main(
+    dim: int = 128,
+    batch: int = 32,
+    steps: int = 100,
+    repeats: int = 200,
+    dtype: str = "float32",
+    threads: int | None = None,
+) -> dict:
     """Time both sides ``repeats`` times each (interleaved, after a warm-up); print and return medians."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     A = (torch.randn(dim, dim) / dim**0.5).to(dt)
@@ -74,7 +83,9 @@ def main(dim: int = 128, batch: int = 32, steps: int = 100, repeats: int = 200, 
         ref = bare_rk4(f, y0, grid)
         assert ours.stats.nfe == 4 * steps
         gap = float((ours.ys - ref).abs().max())
-        gap_final = float((solvers.solve(f, y0, t_ends, "rk4", step_size=h).ys[-1] - bare_rk4_final(f, y0, 0.0, h, steps)).abs().max())
+        gap_final = float(
+            (solvers.solve(f, y0, t_ends, "rk4", step_size=h).ys[-1] - bare_rk4_final(f, y0, 0.0, h, steps)).abs().max()
+        )
         tol = 1e-4 if dt == torch.float32 else 1e-10
         assert gap < tol and gap_final < tol, (gap, gap_final)
 
@@ -116,5 +127,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    main(dim=args.dim, batch=args.batch, steps=args.steps, repeats=args.repeats, dtype=args.dtype)
+    main(dim=args.dim, batch=args.batch, steps=args.steps, repeats=args.repeats, dtype=args.dtype, threads=args.threads)

@@ -210,10 +210,22 @@ def main(
     table = slopes(runs)
     with open(out / "solver_study.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["method", "backend", "order", "adaptive", "step_size_or_rtol", "nfe", "mean_step", "error", "seconds"])
+        writer.writerow(
+            ["method", "backend", "order", "adaptive", "step_size_or_rtol", "nfe", "mean_step", "error", "seconds"]
+        )
         for r in runs:
             writer.writerow(
-                [r.method, r.backend, r.order, r.adaptive, f"{r.param:.6g}", r.nfe, "" if r.mean_step is None else f"{r.mean_step:.6g}", f"{r.error:.6e}", f"{r.seconds:.4f}"]
+                [
+                    r.method,
+                    r.backend,
+                    r.order,
+                    r.adaptive,
+                    f"{r.param:.6g}",
+                    r.nfe,
+                    "" if r.mean_step is None else f"{r.mean_step:.6g}",
+                    f"{r.error:.6e}",
+                    f"{r.seconds:.4f}",
+                ]
             )
     md = markdown(table, t_end)
     (out / "solver_study.md").write_text(md)

@@ -61,7 +61,9 @@ class ScipySolver(Solver):
             dy = flat.flatten(out).detach().cpu().double().numpy()
             if not np.isfinite(dy).all():
                 # LSODA retries forever on an inf derivative (y' = y**2 past its blow-up hangs), so stop here.
-                raise SolverError(f"{self.name}: f(t, y) returned NaN/inf at t={ti:.6g}; the solution may blow up there")
+                raise SolverError(
+                    f"{self.name}: f(t, y) returned NaN/inf at t={ti:.6g}; the solution may blow up there"
+                )
             return dy
 
         grid = t.detach().cpu().double().numpy()
