@@ -183,7 +183,7 @@ def integrate_layer(
         if integ.max_step is None:
             n_sub, n_max = None, [1] * T
         else:
-            n_sub = torch.clamp(torch.ceil(dt / integ.max_step - 1e-9), min=1).to(dt.dtype)
+            n_sub = torch.clamp(torch.ceil(dt / integ.max_step * (1 - 1e-6)), min=1).to(dt.dtype)
             n_max = n_sub.amax(dim=0).long().tolist()  # one host sync for the whole sequence
         stages = 1 if integ.tableau is None else integ.tableau.stages
         if integ.tableau is not None:

@@ -124,3 +124,11 @@ def test_substep_count_rounding():
     assert solvers.solve(lambda t, y: -y, torch.ones(1, dtype=F64), t, "euler", step_size=0.3).stats.steps == math.ceil(
         1 / 0.3
     )
+
+
+def test_float32_grid_does_not_gain_substeps_to_rounding():
+    # linspace(0, 1, 11) in float32 has intervals of 0.10000000149..., which must still take
+    # exactly 10 steps of 0.01 each (this read 106 steps before the relative tolerance)
+    t = torch.linspace(0, 1, 11)
+    sol = solvers.solve(lambda t, y: -y, torch.ones(3), t, "rk4", step_size=0.01)
+    assert sol.stats.steps == 100 and sol.stats.nfe == 400
