@@ -6,6 +6,7 @@
 >>> output, state = model(torch.randn(32, 50, 64))
 """
 
+from . import baselines, classify, data, datasets
 from ._cell import DREAMCell
 from ._config import DREAMConfig
 from ._field import DREAMField, DrivenField, FieldAux
@@ -13,6 +14,8 @@ from ._integrate import SolveStats, StiffStepWarning
 from ._model import DREAM, DREAMStack
 from ._state import DREAMState
 from ._trace import Trace
+from .baselines import GRUD, GRUDelta, LSTMForwardFill
+from .classify import SequenceClassifier, evaluate, train_classifier
 
 __version__ = "0.1.0"
 
@@ -24,9 +27,19 @@ __all__ = [
     "DREAMStack",
     "DREAMState",
     "DrivenField",
+    "GRUD",
+    "GRUDelta",
+    "LSTMForwardFill",
+    "SequenceClassifier",
     "FieldAux",
     "SolveStats",
     "StiffStepWarning",
     "Trace",
     "__version__",
+    "baselines",
+    "classify",
+    "data",
+    "datasets",
+    "evaluate",
+    "train_classifier",
 ]

@@ -72,8 +72,9 @@ def scalar_maps(f: DREAMField) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     With ``Q = [n, clamp(log(2πe·mean(error_var) + 1e-6), 0, 4), avg_surprise, adaptive_tau]``,
     ``Z = σ(Q @ MY + bY) = [S, g]`` (τ_eff = 0.3·τ₀·(1 + α·H_e) + 0.7·adaptive_tau with H_e half the
-    clamped log; ``g`` the sleep gate). With ``HZ = [S, g, relu(1 − N/‖U‖), relu(1 − N/‖U_target‖)]``,
-    ``HZ @ ML + bL = [1/τ before the clamp, S, forget, homeo, ζ·g, 1 + κS]``.
+    clamped log; ``g`` the sleep gate). With
+    ``HZ = [S, g, relu(1 − N/‖U‖), relu(1 − N/‖U_target‖), min(n, θ_max)]``,
+    ``HZ @ ML + bL = [1/τ before the clamp, S, forget, homeo, ζ·g, 1 + κS, S, min(n, θ_max)]``.
     """
     cfg = f.config
     gamma, tau_0 = f.gamma, f.tau_0
@@ -95,35 +96,85 @@ def scalar_maps(f: DREAMField) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     lam = cfg.forgetting_rate if fw else 0.0
     zeta = cfg.sleep_rate if cfg.sleep_enabled else 0.0
     nu = cfg.homeostasis_rate if fw else 0.0
+    # the last two columns pass S and min(n, θ_max) through: the targets of the two lerps
     ML = torch.stack(
         [
-            torch.stack([s_col, one, zero + lam * cfg.adaptive_forgetting_scale, zero, zero, f.kappa]),
-            torch.stack([zero, zero, zero, zero, zero + zeta, zero]),
-            torch.stack([zero, zero, zero, zero + nu, zero, zero]),
-            torch.stack([zero, zero, zero, zero, zero, zero]),
+            torch.stack([s_col, one, zero + lam * cfg.adaptive_forgetting_scale, zero, zero, f.kappa, one, zero]),
+            torch.stack([zero, zero, zero, zero, zero + zeta, zero, zero, zero]),
+            torch.stack([zero, zero, zero, zero + nu, zero, zero, zero, zero]),
+            torch.stack([zero, zero, zero, zero, zero, zero, zero, zero]),
+            torch.stack([zero, zero, zero, zero, zero, zero, zero, one]),
         ]
     )
-    bL = torch.stack([inv_ts, zero, zero + lam, zero, zero, one])
+    bL = torch.stack([inv_ts, zero, zero + lam, zero, zero, one, zero, zero])
     return MY, bY, ML, bL
 
 
-_PARAM_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _Weights:
+    """A layer's matrices in the arrangements the kernel multiplies with."""
+
+    def __init__(self, C: Tensor, Bm: Tensor, W: Tensor, eta: Tensor, V: Tensor, maps: tuple) -> None:
+        self.C, self.Bm, self.W, self.eta, self.V = C, Bm, W, eta, V
+        self.MY, self.bY, self.ML, self.bL = maps
+        self.Vt = V.t()
+        self.WV = torch.cat([W, V], 1)  # (I, H+R)
+        self.negWV = -self.WV
+        self.BV = torch.cat([Bm, V], 1)  # (I, H+R)
+        self.BWV = torch.cat([Bm, W, V], 1)  # (I, 2H+R)
 
 
-def _param_key(f: DREAMField) -> tuple:
-    return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (*f.parameters(), f.V))
+_WEIGHT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _scalar_maps_cached(f: DREAMField) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`scalar_maps` without autograd, rebuilt only when a parameter has changed."""
-    key = _param_key(f)
-    hit = _PARAM_CACHE.get(f)
+def _tensors_of(f: DREAMField) -> tuple[Tensor, ...]:
+    """The field's parameters and ``V``, read from its dicts (cheaper than ``parameters()``)."""
+    p = f._parameters
+    return (
+        p["C"],
+        p["B"],
+        p["W"],
+        p["eta"],
+        p["log_tau_sys"],
+        p["log_surprise_scale"],
+        p["log_gamma"],
+        p["log_tau_0"],
+        p["alpha"],
+        p["kappa"],
+        f._buffers["V"],
+    )
+
+
+def _weights_cached(f: DREAMField) -> _Weights:
+    """The field's :class:`_Weights` without autograd, rebuilt only when a parameter has changed."""
+    key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in _tensors_of(f))
+    hit = _WEIGHT_CACHE.get(f)
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.no_grad():
-        maps = scalar_maps(f)
-    _PARAM_CACHE[f] = (key, maps)
-    return maps
+        w = _Weights(f.C, f.B, f.W, f.eta, f.V, scalar_maps(f))
+    _WEIGHT_CACHE[f] = (key, w)
+    return w
+
+
+_SERIAL_WORK = 1 << 21
+
+
+@contextlib.contextmanager
+def _serial(device: torch.device, work: int) -> Iterator[None]:
+    """One intra-op thread while a loop of small steps runs (on the CPU).
+
+    A step's tensors are a few thousand numbers; splitting each operation over threads costs a
+    synchronisation per operation and, on a busy machine, a wait for a descheduled thread.
+    """
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1 or work > _SERIAL_WORK:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class _Consts:
@@ -142,8 +193,9 @@ class _Consts:
         self.basis = torch.tensor([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]], **kw)
         self.basis_t = self.basis.t().contiguous()
         self.rates = torch.tensor([cfg.surprise_smoothing / cfg.time_step, cfg.habituation_rate / cfg.time_step], **kw)
-        self.dt6_mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0], **kw)
-        self.dt6_one = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], **kw)
+        self.dt8_mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], **kw)
+        self.dt8_one = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], **kw)
+        self.inv_I = torch.full((I, 1), 1.0 / I, **kw)
 
 
 _CONST_CACHE: dict[tuple, _Consts] = {}
@@ -169,36 +221,14 @@ def _consts(cfg: Any, I: int, dtype: torch.dtype, device: torch.device) -> _Cons
 
 # -- the kernel ----------------------------------------------------------------------------------
 
-_SAVED = (
-    "h",
-    "UU",
-    "pred",
-    "e",
-    "dev",
-    "ep",
-    "z2",
-    "n",
-    "A",
-    "Lr",
-    "Q",
-    "Z",
-    "HZ",
-    "Lin",
-    "DT",
-    "a_raw",
-    "a",
-    "ht",
-    "c1",
-    "XV3",
-    "eV",
-    "Mix",
-    "sh",
-    "gain",
-    "rn",
-    "hom",
-    "xt",
-    "XB",
-)
+# what the forward keeps per step for the backward (in this order through save_for_backward)
+_SAVED = ("h", "UU", "pred", "e", "dev", "ep", "A", "Q", "HZ", "Lin", "DT", "ht", "eV", "Mix", "gain", "rn")
+# U and U_target are the largest per-step tensors (2·R·H numbers a sample): past this many bytes
+# for the whole sequence, the forward keeps them only every _UU_EVERY steps and the backward
+# recomputes the steps in between (two operations a step, bit for bit the forward's).
+_UU_BUDGET = 64 << 20
+_UU_EVERY = 32
+_SAVED_MASKED = ("xt", "XB", "xV")
 
 
 class _Seq:
@@ -213,51 +243,62 @@ class _Seq:
         xs: Tensor,
         dts: Tensor,
         ms: Tensor | None,
-        C: Tensor,
-        Bm: Tensor,
-        W: Tensor,
-        eta: Tensor,
-        V: Tensor,
-        maps: tuple[Tensor, Tensor, Tensor, Tensor],
+        w: _Weights,
         frozen: list[bool] | None,
         xall: Tensor | None = None,
+        single: bool = False,
     ) -> None:
+        if single:  # one step: xs (B, I), dts (B,), ms (B, I)
+            xs, dts, ms = xs.unsqueeze(0), dts.unsqueeze(0), None if ms is None else ms.unsqueeze(0)
         T, Bn, I = xs.shape
-        H, R = C.shape[0], V.shape[1]
+        H, R = w.C.shape[0], w.V.shape[1]
         self.cfg, self.T, self.B, self.I, self.H, self.R = cfg, T, Bn, I, H, R
         self.xs, self.dts, self.ms = xs, dts, ms
-        self.C, self.Bm, self.W, self.eta, self.V = C, Bm, W, eta, V
-        self.MY, self.bY, self.ML, self.bL = maps
+        self.w = w
+        self.C, self.Bm, self.W, self.eta, self.V = w.C, w.Bm, w.W, w.eta, w.V
+        self.MY, self.bY, self.ML, self.bL = w.MY, w.bY, w.ML, w.bL
+        self.Vt, self.WV, self.BV, self.BWV = w.Vt, w.WV, w.BV, w.BWV
         self.frozen = frozen
+        self.work = Bn * H * (I + 2 * R)
         self.k = k = _consts(cfg, I, xs.dtype, xs.device)
         self.fw = cfg.fast_weights
         self.mix = cfg.fast_weights or cfg.sleep_enabled
         self.ltc = cfg.ltc_enabled
-        self.Vt = V.t()
-        self.WV = torch.cat([W, V], 1)  # (I, H+R)
 
         dt1 = dts.unsqueeze(-1)  # (T, B, 1)
         self.dtr = dt1 * (cfg.error_smoothing / cfg.time_step)
         self.dtR = dt1 * k.rates  # (T, B, 2)
-        # the columns of L that are multiplied by Δt (1/τ, S, forget, homeo, ζg), and 1 + κS
-        self.dt6 = torch.addcmul(k.dt6_one, dt1, k.dt6_mask)
+        # the columns of L that are multiplied by Δt (1/τ, S, forget, homeo, ζg), and the rest
+        self.dt8 = torch.addcmul(k.dt8_one, dt1, k.dt8_mask)
         if self.ltc:
             self.dtlo = dt1 * (1 / cfg.tau_max)
             self.dthi = dt1 * (1 / cfg.tau_min)
         if ms is None:
-            self.BWV = torch.cat([Bm, W, V], 1)  # (I, 2H+R)
             if xall is None:
-                xall = torch.matmul(xs, self.BWV)  # (T, B, 2H+R)
+                # one (T·B, I) x (I, 2H+R) product (matmul on the transposed view would batch it)
+                xall = torch.mm(xs.reshape(T * Bn, I), self.BWV).view(T, Bn, -1)
             self.xall = xall
-            self.XB = xall[..., :H].unbind(0)
-            self.XWV = xall[..., H:].unbind(0)
-            self.XV3 = xall[..., 2 * H :].unsqueeze(2).unbind(0)  # (B, 1, R) per step
         else:
             self.xall = None
-            self.BV = torch.cat([Bm, V], 1)  # (I, H+R)
-            self.MX = (ms * xs).unbind(0)
-            self.OM = (1 - ms).unbind(0)
-            self.MC = (ms / ms.sum(-1, keepdim=True).clamp_min(1.0)).unbind(0)
+            MC = ms / ms.sum(-1, keepdim=True).clamp_min(1.0)
+
+        # per-step views (a tuple index in the loop instead of an indexing operation)
+        def steps(t: Tensor) -> tuple[Tensor, ...] | list[Tensor]:
+            return [t[0]] if single else t.unbind(0)
+
+        self.x_s = steps(xs)
+        self.dtr_s, self.dtR_s, self.dt8_s = steps(self.dtr), steps(self.dtR), steps(self.dt8)
+        if self.ltc:
+            self.dtlo_s, self.dthi_s = steps(self.dtlo), steps(self.dthi)
+        if ms is None:
+            self.XB = steps(xall[..., :H])
+            self.XWV = steps(xall[..., H:])
+            self.XV3 = steps(xall[..., 2 * H :].unsqueeze(2))  # (B, 1, R) per step
+        else:
+            self.m_s = steps(ms)
+            self.MX = steps(ms * xs)
+            self.OM = steps(1 - ms)
+            self.MC = steps(MC)
         self.saved: dict[str, list] | None = None
         self.auxes: list | None = None
 
@@ -273,120 +314,142 @@ class _Seq:
         C, Vt, WV, eta = self.C, self.Vt, self.WV, self.eta
         MY, bY, ML, bL = self.MY, self.bY, self.ML, self.bL
         masked = self.ms is not None
-        negWV = None if masked else -WV
+        negWV = self.w.negWV
         theta = cfg.max_adaptive_tau
-        xs = self.xs.unbind(0)
-        dtr, dtR, dt6 = self.dtr.unbind(0), self.dtR.unbind(0), self.dt6.unbind(0)
+        xs, dtr, dtR, dt8 = self.x_s, self.dtr_s, self.dtR_s, self.dt8_s
         if self.ltc:
-            dtlo, dthi = self.dtlo.unbind(0), self.dthi.unbind(0)
+            dtlo, dthi = self.dtlo_s, self.dthi_s
         if masked:
-            ms = self.ms.unbind(0)
+            ms = self.m_s
+        hom0 = h.new_zeros(Bn, 2)
+        U = UU[:, 0]  # (B, R, H): the fast weights are kept transposed
+        UU3 = UU.view(Bn, 2, HR)
         frozen = self.frozen
         keeps = (self.dts == 0).unbind(0) if frozen is not None else None
         outs: list[Tensor] = []
-        sv = self.saved = {name: [] for name in _SAVED} if save else None
+        sv = self.saved = {name: [] for name in _SAVED + _SAVED_MASKED} if save else None
+        every = self.uu_every = 1 if UU.numel() * UU.element_size() * self.T <= _UU_BUDGET else _UU_EVERY
         self.auxes = [] if aux else None
         hom = None
-        for i in range(self.T):
-            U = UU[:, 0]  # (B, R, H): fast weights are kept transposed, U[b] = Uᵀ
-            hU = torch.bmm(h.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
-            pred = torch.addmm(torch.mm(hU, Vt), h, C).tanh_()
-            if masked:
-                m = ms[i]
-                e = torch.addcmul(self.MX[i], m, pred, value=-1)
-                xt = torch.addcmul(self.MX[i], self.OM[i], pred)
-                XB, xV = torch.mm(xt, self.BV).split([H, R], 1)
-                XV3 = xV.unsqueeze(1)
-                eWV = torch.mm(e, WV)
-            else:
-                e = xs[i] - pred
-                eWV = torch.addmm(self.XWV[i], pred, negWV)
-                XB, XV3 = self.XB[i], self.XV3[i]
-            eW, eV = eWV.split([H, R], 1)
-            dev = e - em
-            dev2 = dev * dev
-            ep = ev + k.eps_var
-            z2 = dev2 / ep
-            if masked:
-                q = (z2 * self.MC[i]).sum(-1, keepdim=True)
-            else:
-                q = z2.mean(-1, keepdim=True)
-            n = q.sqrt()
-            A = torch.addmm(k.eps_log, ev, k.col_I)  # 2πe·mean(error_var) + 1e-6
-            Lr = A.log()
-            Q = torch.cat([n, Lr.clamp(0.0, 4.0), sc], 1)
-            Z = torch.addmm(bY, Q, MY).sigmoid_()  # [S, g]
-            if self.fw:
-                rn = torch.linalg.vector_norm(UU.view(Bn, 2, HR), dim=2).reciprocal_()
-                hom = torch.addcmul(k.one, rn, k.negN).clamp_min_(0.0)  # relu(1 − N/‖·‖)
-                HZ = torch.cat([Z, hom], 1)
-            else:
-                HZ = torch.cat([Z, torch.zeros_like(Z)], 1)
-            Lin = torch.addmm(bL, HZ, ML)  # [1/τ, S, forget, homeo, ζg, 1 + κS]
-            DT = Lin * dt6[i]  # [Δt/τ, Δt·S, kF, kH, csg, 1 + κS]
-            a_raw, dtS, kFHC, c1 = DT.split([1, 1, 3, 1], 1)
-            a = a_raw.clamp(dtlo[i], dthi[i]) if self.ltc else a_raw
-            base = torch.addcmul(eW, c1, XB)
-            ht = torch.baddbmm(base.unsqueeze(1), XV3, U).tanh_().view(Bn, H)
-            h_new = torch.lerp(h, ht, a)
-            if self.mix:
-                Mix = torch.addmm(k.eye4, kFHC, k.basis).view(Bn, 2, 2)
-                UUn = torch.bmm(Mix, UU.view(Bn, 2, HR)).view(Bn, 2, R, H)
-            else:
-                Mix = None
-                UUn = UU
-            if self.fw:
-                sh = dtS * h
-                gain = sh * eta
-                UUn[:, 0].addcmul_(eV.unsqueeze(-1), gain.unsqueeze(1))
-            em_n = torch.lerp(em, e, dtr[i])
-            ev_n = torch.lerp(ev, dev2, dtr[i])
-            S = Lin[:, 1:2]
-            sc_n = torch.lerp(sc, torch.cat([S, n.clamp(max=theta)], 1), dtR[i])
-            if aux:
-                self.auxes.append((pred, n, Z, Lin))
-            if save:
-                sv["h"].append(h)
-                sv["UU"].append(UU)
-                sv["pred"].append(pred)
-                sv["e"].append(e)
-                sv["dev"].append(dev)
-                sv["ep"].append(ep)
-                sv["z2"].append(z2)
-                sv["n"].append(n)
-                sv["A"].append(A)
-                sv["Lr"].append(Lr)
-                sv["Q"].append(Q)
-                sv["Z"].append(Z)
-                sv["HZ"].append(HZ)
-                sv["Lin"].append(Lin)
-                sv["DT"].append(DT)
-                sv["a_raw"].append(a_raw)
-                sv["a"].append(a)
-                sv["ht"].append(ht)
-                sv["c1"].append(c1)
-                sv["XV3"].append(XV3)
-                sv["eV"].append(eV)
-                sv["Mix"].append(Mix)
-                if self.fw:
-                    sv["sh"].append(sh)
-                    sv["gain"].append(gain)
-                    sv["rn"].append(rn)
-                    sv["hom"].append(hom)
+        with _serial(self.xs.device, self.work):
+            for i in range(self.T):
+                hU = torch.bmm(h.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
+                pred = torch.addmm(torch.mm(hU, Vt), h, C).tanh_()
                 if masked:
-                    sv["xt"].append(xt)
-                    sv["XB"].append(XB)
-            if frozen is not None and frozen[i]:
-                # padding: the state is selected, not multiplied by a zero step
-                keep = keeps[i].unsqueeze(1)
-                h_new = torch.where(keep, h, h_new)
-                UUn = torch.where(keep.view(Bn, 1, 1, 1), UU, UUn)
-                em_n = torch.where(keep, em, em_n)
-                ev_n = torch.where(keep, ev, ev_n)
-                sc_n = torch.where(keep, sc, sc_n)
-            h, UU, em, ev, sc = h_new, UUn, em_n, ev_n, sc_n
-            outs.append(h)
+                    m = ms[i]
+                    e = torch.addcmul(self.MX[i], m, pred, value=-1)
+                    xt = torch.addcmul(self.MX[i], self.OM[i], pred)
+                    XB, xV = torch.mm(xt, self.BV).split([H, R], 1)
+                    XV3 = xV.unsqueeze(1)
+                    eWV = torch.mm(e, WV)
+                else:
+                    e = xs[i] - pred
+                    eWV = torch.addmm(self.XWV[i], pred, negWV)
+                    XB, XV3 = self.XB[i], self.XV3[i]
+                eW, eV = eWV.split([H, R], 1)
+                dev = e - em
+                dev2 = dev * dev
+                ep = ev + k.eps_var
+                z2 = dev2 / ep
+                if masked:
+                    q = (z2 * self.MC[i]).sum(-1, keepdim=True)
+                else:
+                    q = torch.mm(z2, k.inv_I)
+                n = q.sqrt_()
+                A = torch.addmm(k.eps_log, ev, k.col_I)  # 2πe·mean(error_var) + 1e-6
+                Lr = A.log()
+                Q = torch.cat([n, Lr.clamp(0.0, 4.0), sc], 1)
+                Z = torch.addmm(bY, Q, MY).sigmoid_()  # [S, g]
+                if self.fw:
+                    rn = torch.linalg.vector_norm(UU3, dim=2).reciprocal_()
+                    hom = torch.addcmul(k.one, rn, k.negN).clamp_min_(0.0)  # relu(1 − N/‖·‖)
+                else:
+                    hom = hom0
+                HZ = torch.cat([Z, hom, n.clamp(max=theta)], 1)
+                Lin = torch.addmm(bL, HZ, ML)  # [1/τ, S, forget, homeo, ζg, 1 + κS, S, min(n, θ)]
+                DT = Lin * dt8[i]  # [Δt/τ, Δt·S, kF, kH, csg, 1 + κS, S, min(n, θ)]
+                a_raw, dtS, kFHC, c1, tgt = DT.split([1, 1, 3, 1, 2], 1)
+                a = a_raw.clamp(dtlo[i], dthi[i]) if self.ltc else a_raw
+                base = torch.addcmul(eW, c1, XB)
+                ht = torch.baddbmm(base.unsqueeze(1), XV3, U).tanh_().view(Bn, H)
+                h_new = torch.lerp(h, ht, a)
+                if self.mix:
+                    Mix = torch.addmm(k.eye4, kFHC, k.basis).view(Bn, 2, 2)
+                    UU3n = torch.bmm(Mix, UU3)
+                    UUn = UU3n.view(Bn, 2, R, H)
+                    Un = UUn[:, 0]
+                else:
+                    Mix = None
+                    UU3n, UUn, Un = UU3, UU, U
+                if self.fw:
+                    gain = dtS * h * eta
+                    Un.addcmul_(eV.unsqueeze(-1), gain.unsqueeze(1))
+                em_n = torch.lerp(em, e, dtr[i])
+                ev_n = torch.lerp(ev, dev2, dtr[i])
+                sc_n = torch.lerp(sc, tgt, dtR[i])
+                if aux:
+                    self.auxes.append((pred, n, Z, Lin))
+                if save:
+                    for name, val in zip(_SAVED[2:13], (pred, e, dev, ep, A, Q, HZ, Lin, DT, ht, eV)):
+                        sv[name].append(val)
+                    sv["h"].append(h)
+                    if i % every == 0:
+                        sv["UU"].append(UU)
+                    if self.mix:
+                        sv["Mix"].append(Mix)
+                    if self.fw:
+                        sv["gain"].append(gain)
+                        sv["rn"].append(rn)
+                    if masked:
+                        sv["xt"].append(xt)
+                        sv["XB"].append(XB)
+                        sv["xV"].append(xV)
+                if frozen is not None and frozen[i]:
+                    # padding: the state is selected, not multiplied by a zero step
+                    keep = keeps[i].unsqueeze(1)
+                    h_new = torch.where(keep, h, h_new)
+                    UUn = torch.where(keep.view(Bn, 1, 1, 1), UU, UUn)
+                    UU3n, Un = UUn.view(Bn, 2, HR), UUn[:, 0]
+                    em_n = torch.where(keep, em, em_n)
+                    ev_n = torch.where(keep, ev, ev_n)
+                    sc_n = torch.where(keep, sc, sc_n)
+                h, UU, UU3, U, em, ev, sc = h_new, UUn, UU3n, Un, em_n, ev_n, sc_n
+                outs.append(h)
         return outs, h, UU, em, ev, sc
+
+    def _uu_steps(self, free: bool) -> Iterator[Tensor]:
+        """``UU`` before each step, last step first, recomputed between the kept ones if needed."""
+        sv = self.saved
+        return self._uu_gen(free, sv["UU"], sv["Mix"], sv["eV"], sv["gain"])
+
+    def _uu_gen(self, free: bool, kept: list, mixes: list, eVs: list, gains: list) -> Iterator[Tensor]:
+        every, T = self.uu_every, self.T
+        if every == 1:
+            for i in reversed(range(T)):
+                yield kept[i]
+                if free:
+                    kept[i] = None
+            return
+        Bn, H, R = self.B, self.H, self.R
+        keeps = (self.dts == 0).unbind(0) if self.frozen is not None else None
+        with torch.inference_mode():
+            for start in reversed(range(0, T, every)):
+                seg = [kept[start // every]]
+                for j in range(start, min(start + every, T) - 1):
+                    UU = seg[-1]
+                    if self.mix:
+                        UUn = torch.bmm(mixes[j], UU.view(Bn, 2, H * R)).view(Bn, 2, R, H)
+                    else:
+                        UUn = UU
+                    if self.fw:
+                        UUn[:, 0].addcmul_(eVs[j].unsqueeze(-1), gains[j].unsqueeze(1))
+                    if self.frozen is not None and self.frozen[j]:
+                        UUn = torch.where(keeps[j].view(Bn, 1, 1, 1), UU, UUn)
+                    seg.append(UUn)
+                if free:
+                    kept[start // every] = None
+                while seg:
+                    yield seg.pop()
 
     # -- backward --------------------------------------------------------------------------------
 
@@ -400,143 +463,200 @@ class _Seq:
         gsc: Tensor,
         need_x: bool,
         need_dt: bool,
+        free: bool = False,
     ) -> dict[str, Tensor | None]:
-        """Reverse loop from the gradients of the outputs ``(B, T, H)`` and of the final state."""
+        """Reverse loop from the gradients of the outputs ``(B, T, H)`` and of the final state.
+
+        ``free``: release the forward's per-step tensors as the loop passes them (the graph is
+        not retained).
+
+        Whatever depends only on forward values (clamp and ReLU masks, sigmoid and square-root
+        derivatives, the statistics' coefficients) is computed for all steps at once before the
+        loop; the loop itself chains whole-batch products.
+        """
         cfg, k, sv = self.cfg, self.k, self.saved
         assert sv is not None
         Bn, I, H, R, T = self.B, self.I, self.H, self.R, self.T
         HR = H * R
+        dtype, device = gh.dtype, gh.device
         Ct, WVt, negV = self.C.t(), self.WV.t(), -self.V
-        MYt, MLt = self.MY.t(), self.ML.t()
         eta = self.eta
         theta = cfg.max_adaptive_tau
-        N = cfg.target_norm
         masked = self.ms is not None
-        if masked:
-            ms = self.ms.unbind(0)
-            BVt = self.BV.t()
-        dtr, dtR, dt6 = self.dtr.unbind(0), self.dtR.unbind(0), self.dt6.unbind(0)
-        omdtr = (1 - self.dtr).unbind(0)
-        omdtR = (1 - self.dtR).unbind(0)
-        g_outs = g_out.unbind(1) if g_out is not None else None
-        if need_dt:
-            r_err = cfg.error_smoothing / cfg.time_step
+        fw = self.fw
+
+        # the loop runs in inference mode (cheaper operations); the results are made normal below
+        with torch.inference_mode():
+            # -- everything that depends on forward values only, for all steps at once --
+            dt1 = self.dts.unsqueeze(-1)  # (T, B, 1)
+            ones = torch.ones_like(dt1)
+            zeros = torch.zeros_like(dt1)
+            DTs = torch.stack(sv["DT"])  # [Δt/τ raw, Δt·S, kF, kH, csg, 1 + κS]
+            Qs = torch.stack(sv["Q"])  # [n, Lc, avg_surprise, adaptive_tau]
+            HZs = torch.stack(sv["HZ"])  # [S, g, homU, homUt]
+            n = Qs[..., 0:1]
+            # the gradient vector v = [g a, g Δt·S, g kF, g kH, g csg, g (1+κS), g as_n, g at_n]
+            # times D1 is the gradient of L's columns (and of the two sc targets)
             if self.ltc:
-                lo, hi = 1 / cfg.tau_max, 1 / cfg.tau_min
-        gUU = gUU.contiguous()
-        zB1 = gh.new_zeros(Bn, 1)
-        zB3 = gh.new_zeros(Bn, 3)
-        zBR = gh.new_zeros(Bn, R)
-        L_gPn, L_gu, L_gY, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = ([] for _ in range(10))
-        for i in reversed(range(T)):
-            if g_outs is not None:
-                gh = gh + g_outs[i]
-            h, UU, pred, dev, ep, z2 = sv["h"][i], sv["UU"][i], sv["pred"][i], sv["dev"][i], sv["ep"][i], sv["z2"][i]
-            n, A, Lr, Z, Lin, ht = sv["n"][i], sv["A"][i], sv["Lr"][i], sv["Z"][i], sv["Lin"][i], sv["ht"][i]
-            a_raw, a, c1, XV3, eV = sv["a_raw"][i], sv["a"][i], sv["c1"][i], sv["XV3"][i], sv["eV"][i]
-            U = UU[:, 0]
-            if need_dt:
-                # Δt enters through Δt·L (all but 1 + κS) and the three lerps of the statistics
-                tgt = torch.cat([Lin[:, 1:2], n.clamp(max=theta)], 1)
-                gdt = (
-                    r_err * (gem * dev).sum(-1, keepdim=True)
-                    + r_err * (gev * (dev * dev - (ep - k.eps_var))).sum(-1, keepdim=True)
-                    + (gsc * k.rates * (tgt - sv["Q"][i][:, 2:4])).sum(-1, keepdim=True)
-                )
-            # statistics: em_n = lerp(em, e, Δt·r), ev_n = lerp(ev, dev², Δt·r), sc_n = lerp(sc, tgt, Δt·r)
-            gS_tgt, gn_tgt = (gsc * dtR[i]).split(1, 1)
-            gn = gn_tgt * (n <= theta)
-            gsc = gsc * omdtR[i]
-            ge = gem * dtr[i]
-            gdev2 = gev * dtr[i]
-            gem = gem * omdtr[i]
-            gev = gev * omdtr[i]
-            # fast weights and sleep: UU_n = Mix @ UU (+ gain ⊗ eV on U)
-            if self.mix:
-                GUf = gUU.view(Bn, 2, HR)
-                gMix = torch.bmm(GUf, UU.view(Bn, 2, HR).transpose(1, 2))
-                gkFHC = torch.mm(gMix.view(Bn, 4), k.basis_t)  # [g kF, g kH, g csg]
-                gUUp = torch.bmm(sv["Mix"][i].transpose(1, 2), GUf).view(Bn, 2, R, H)
+                a_raw = DTs[..., 0:1]
+                ga_f = dt1 * ((a_raw >= self.dtlo) & (a_raw <= self.dthi))
             else:
-                gkFHC = zB3
-                gUUp = gUU.clone()
-            gU0 = gUUp[:, 0]
-            if self.fw:
-                GU0 = gUU[:, 0]
-                g_gain = torch.bmm(eV.unsqueeze(1), GU0).view(Bn, H)
-                geV = torch.bmm(sv["gain"][i].unsqueeze(1), GU0.transpose(1, 2)).view(Bn, R)
-                tg = g_gain * eta  # gradient of sh = Δt·S·h
-                g_dtS = (tg * h).sum(-1, keepdim=True)
+                ga_f = dt1
+            D1 = torch.cat([ga_f, dt1.expand(T, Bn, 4), ones, self.dtR], -1)
+            Zs = HZs[..., 0:2]
+            if fw:
+                rnU = torch.stack(sv["rn"])[..., 0:1]
+                hf = torch.where(HZs[..., 2:3] > 0, cfg.target_norm * rnU * rnU * rnU, 0.0)
             else:
-                geV = zBR
-                g_dtS = zB1
-            # h_n = lerp(h, ht, a)
-            g_ht = gh * a
-            ga = (gh * (ht - h)).sum(-1, keepdim=True)
-            gh = gh - g_ht
-            if self.fw:
-                gh = torch.addcmul(gh, tg, sv["DT"][i][:, 1:2])
-            gu = torch.ops.aten.tanh_backward(g_ht, ht)
-            # u = eW + (1 + κS)·xB + U xV
-            gU0.addcmul_(XV3.transpose(1, 2), gu.unsqueeze(1))
-            gxV = torch.bmm(gu.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
-            XB = sv["XB"][i] if masked else self.XB[i]
-            gc1 = (gu * XB).sum(-1, keepdim=True)
-            ga_raw = torch.where(a == a_raw, ga, 0.0) if self.ltc else ga
-            gDT5 = torch.cat([ga_raw, g_dtS, gkFHC], 1)
+                hf = zeros
+            # σ', ∂relu(1 − N/‖U‖)/∂‖U‖ / ‖U‖, 0, ∂min(n, θ)/∂n
+            D2 = torch.cat([Zs - Zs * Zs, hf, zeros, (n <= theta).to(dtype)], -1)
+            As = torch.stack(sv["A"])
+            Lr = As.log()
+            F2 = torch.where(n > 0, 0.5 / n, 0.0)  # d sqrt
+            F3 = torch.where((Lr >= 0) & (Lr <= 4), 1 / As, 0.0)  # d clamp(log A)
+            D3 = torch.cat([F2, F3, ones, ones], -1)
+            # the small maps: gLin (+ the sc targets) -> gHZ (+ g n of the target), gHZ -> gQ
+            ML, MY = self.ML, self.MY
+            MLt = ML.t()
+            Mq = torch.zeros(5, 4, dtype=dtype, device=device)
+            Mq[0:2] = MY.t()
+            Mq[4, 0] = 1.0
+            # statistics: g dev = P1·g ev_n + gq·P2, g ev += −gq·P3 (P2, P3 carry the z-score's 1/ep)
+            DEV, EP = torch.stack(sv["dev"]), torch.stack(sv["ep"])
+            Z2 = DEV * DEV / EP
+            IEP = (self.ms / self.ms.sum(-1, keepdim=True).clamp_min(1.0) if masked else 1.0 / I) / EP
+            DEV2 = DEV + DEV
+            P1 = DEV2 * self.dtr
+            P2 = DEV2 * IEP
+            P3 = Z2 * IEP
+            Hs = torch.stack(sv["h"])  # the state before each step
+            HTs = torch.stack(sv["ht"])
+            HmH = HTs - Hs
+            dtS = DTs[..., 1:2]
             if need_dt:
-                itau = Lin[:, 0:1].clamp(lo, hi) if self.ltc else Lin[:, 0:1]
-                gdt = gdt + ga * itau + (gDT5[:, 1:] * Lin[:, 1:5]).sum(-1, keepdim=True)
-            gLin = torch.cat([gDT5, gc1], 1) * dt6[i]
-            gLin[:, 1:2] += gS_tgt
-            gHZ = torch.mm(gLin, MLt)  # [gS, g g, g homU, g homUt]
-            if self.fw:
-                hom, rn = sv["hom"][i][:, 0:1], sv["rn"][i][:, 0:1]
-                coef = torch.where(hom > 0, gHZ[:, 2:3] * (N * rn * rn * rn), 0.0)
-                gU0.addcmul_(coef.unsqueeze(-1), U)
-            gY = torch.ops.aten.sigmoid_backward(gHZ[:, 0:2], Z)
-            gnQ, gLc, gscQ = torch.mm(gY, MYt).split([1, 1, 2], 1)
-            gsc = gsc + gscQ
-            gn = gn + gnQ
-            gA = torch.where((Lr >= 0) & (Lr <= 4), gLc, 0.0) / A
-            gev = torch.addmm(gev, gA, k.row_I)
-            gq = torch.where(n > 0, 0.5 * gn / n, 0.0)
-            gz2 = gq * self.MC[i] if masked else gq * (1.0 / I)
-            t = gz2 / ep
-            gdev2 = gdev2 + t
-            gev = torch.addcmul(gev, t, z2, value=-1)
-            gdev = 2 * dev * gdev2
-            gem = gem - gdev
-            ge = ge + gdev
-            # the error, the imputed input and their projections
-            geWV = torch.cat([gu, geV], 1)
+                # Δt enters Δt·L (all but 1 + κS, with the clamp of Δt/τ) and the statistics' lerps
+                Lins = torch.stack(sv["Lin"])
+                itau = Lins[..., 0:1].clamp(1 / cfg.tau_max, 1 / cfg.tau_min) if self.ltc else Lins[..., 0:1]
+                tgt = torch.cat([HZs[..., 0:1], n.clamp(max=theta)], -1)
+                Lfac = torch.cat([itau, Lins[..., 1:5], zeros, k.rates * (tgt - Qs[..., 2:4])], -1)
+                r_err = cfg.error_smoothing / cfg.time_step
+                EVD = (DEV * DEV - (EP - k.eps_var)) * r_err
+                DEVr = DEV * r_err
+
+            def steps(t: Tensor | None) -> tuple:
+                return t.unbind(0) if t is not None else (None,) * T
+
+            D1u, D2u, D3u = steps(D1), steps(D2), steps(D3)
+            P1u, P2u, P3u = steps(P1), steps(P2), steps(P3)
+            HmHu, dtSu = steps(HmH), steps(dtS)
+            h3u = steps(Hs.unsqueeze(2))
+            au = steps(DTs[..., 0:1].clamp(self.dtlo, self.dthi) if self.ltc else DTs[..., 0:1])
+            c1u = steps(DTs[..., 5:6])
+            dtr, omdtr, omdtR = self.dtr.unbind(0), (1 - self.dtr).unbind(0), (1 - self.dtR).unbind(0)
             if masked:
-                gE = torch.addmm(ge, geWV, WVt)  # ∂/∂e
-                gxt = torch.mm(torch.cat([gu * c1, gxV], 1), BVt)  # ∂/∂x̃
-                gPn = torch.ops.aten.tanh_backward(torch.addcmul(gE * ms[i], self.OM[i], gxt, value=-1), pred)
-                L_gxt.append(gxt)
-                L_gE.append(gE)
+                ms, OM = self.m_s, self.OM
+                BVt = self.BV.t()
+                XVTu = steps(torch.stack(sv["xV"]).unsqueeze(-1))
+                XBu = sv["XB"]
             else:
-                gPn = torch.ops.aten.tanh_backward(torch.addmm(ge, geWV, WVt), pred)  # −∂/∂P
-                L_gE.append(ge)
-            # P = h C + (h U) Vᵀ
-            gh = torch.addmm(gh, gPn, Ct, alpha=-1)
-            ghU = torch.mm(gPn, negV)
-            gh = torch.baddbmm(gh.unsqueeze(1), ghU.unsqueeze(1), U).view(Bn, H)
-            gU0.addcmul_(ghU.unsqueeze(-1), h.unsqueeze(1))
-            gUU = gUUp
-            L_gPn.append(gPn)
-            L_gu.append(gu)
-            L_gY.append(gY)
-            L_gLin.append(gLin)
-            L_gxV.append(gxV)
-            if self.fw:
-                L_ggain.append(g_gain)
-                L_geV.append(geV)
+                XVTu = steps(self.xall[..., 2 * H :].unsqueeze(-1))
+                XBu = self.XB
+            if fw:
+                EV3u = steps(torch.stack(sv["eV"]).unsqueeze(2))
+                GAIN3u = steps(torch.stack(sv["gain"]).unsqueeze(2))
             if need_dt:
-                if self.frozen is not None and self.frozen[i]:
-                    gdt = gdt * (self.dts[i] != 0).unsqueeze(1)
-                L_gdt.append(gdt)
+                Lfacu, EVDu, DEVru = steps(Lfac), steps(EVD), steps(DEVr)
+            g_outs = g_out.unbind(1) if g_out is not None else None
+            preds, hts, Mixes = sv["pred"], sv["ht"], sv["Mix"]
+            UUs = self._uu_steps(free)
+            if free:
+                # what is stacked above is not needed per step any more
+                for name in ("h", "dev", "ep", "A", "Q", "HZ", "DT", "ht", "gain", "rn", "xV"):
+                    sv[name] = []
+
+            gUU = gUU.contiguous()
+            zB1 = gh.new_zeros(Bn, 1)
+            zBR = gh.new_zeros(Bn, R)
+            zB3 = gh.new_zeros(Bn, 3)
+            L_gPn, L_gu, L_gHZf, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = ([] for _ in range(10))
+            with _serial(self.xs.device, self.work):
+                for i in reversed(range(T)):
+                    if g_outs is not None:
+                        gh = gh + g_outs[i]
+                    UU = next(UUs)
+                    U = UU[:, 0]
+                    # fast weights and sleep: UU_n = Mix @ UU, plus gain ⊗ eV on U
+                    if self.mix:
+                        GUf = gUU.view(Bn, 2, HR)
+                        gkFHC = torch.mm(torch.bmm(GUf, UU.view(Bn, 2, HR).transpose(1, 2)).view(Bn, 4), k.basis_t)
+                        gUUp = torch.bmm(Mixes[i].transpose(1, 2), GUf).view(Bn, 2, R, H)
+                    else:
+                        gkFHC = zB3
+                        gUUp = gUU.clone()
+                    gU0 = gUUp[:, 0]
+                    if fw:
+                        GU0 = gUU[:, 0]
+                        g_gain = torch.bmm(EV3u[i], GU0).view(Bn, H)
+                        geV = torch.bmm(GAIN3u[i], GU0.transpose(1, 2)).view(Bn, R)
+                        tg = g_gain * eta
+                        g_dtS = (tg * h3u[i].view(Bn, H)).sum(-1, keepdim=True)
+                    else:
+                        geV, g_dtS = zBR, zB1
+                    # h_n = lerp(h, ht, a)
+                    g_ht = gh * au[i]
+                    ga = (gh * HmHu[i]).sum(-1, keepdim=True)
+                    gh = gh - g_ht
+                    if fw:
+                        gh = torch.addcmul(gh, tg, dtSu[i])
+                    gu = torch.ops.aten.tanh_backward(g_ht, hts[i])
+                    gu3 = gu.unsqueeze(1)
+                    # u = eW + (1 + κS)·xB + xV U
+                    gU0.addcmul_(XVTu[i], gu3)
+                    gxV = torch.bmm(gu3, U.transpose(1, 2)).view(Bn, R)
+                    gc1 = (gu * XBu[i]).sum(-1, keepdim=True)
+                    # the per-sample scalars: L, then HZ = [S, g, homU, homUt], then Q = [n, Lc, as, at]
+                    v = torch.cat([ga, g_dtS, gkFHC, gc1, gsc], 1)
+                    if need_dt:
+                        gdt = (v * Lfacu[i]).sum(-1, keepdim=True)
+                        gdt = gdt + (gem * DEVru[i]).sum(-1, keepdim=True) + (gev * EVDu[i]).sum(-1, keepdim=True)
+                        L_gdt.append(gdt)
+                    gLin = v * D1u[i]
+                    gHZf = torch.mm(gLin, MLt) * D2u[i]  # [gY_S, gY_g, g‖U‖/‖U‖·…, 0, g n (target)]
+                    if fw:
+                        gU0.addcmul_(gHZf[:, 2:3].unsqueeze(-1), U)
+                    gq, gA, gscQ = (torch.mm(gHZf, Mq) * D3u[i]).split([1, 1, 2], 1)
+                    gsc = torch.addcmul(gscQ, gsc, omdtR[i])
+                    # running statistics
+                    ge = gem * dtr[i]
+                    gdev = torch.addcmul(P1u[i] * gev, gq, P2u[i])
+                    gem = gem * omdtr[i] - gdev
+                    gev = torch.addmm(torch.addcmul(gev * omdtr[i], gq, P3u[i], value=-1), gA, k.row_I)
+                    ge = ge + gdev
+                    # the error, the imputed input and their projections
+                    geWV = torch.cat([gu, geV], 1)
+                    if masked:
+                        gE = torch.addmm(ge, geWV, WVt)  # ∂/∂e
+                        gxt = torch.mm(torch.cat([gu * c1u[i], gxV], 1), BVt)  # ∂/∂x̃
+                        gPn = torch.ops.aten.tanh_backward(torch.addcmul(gE * ms[i], OM[i], gxt, value=-1), preds[i])
+                        L_gxt.append(gxt)
+                        L_gE.append(gE)
+                    else:
+                        gPn = torch.ops.aten.tanh_backward(torch.addmm(ge, geWV, WVt), preds[i])  # −∂/∂P
+                        L_gE.append(ge)
+                    # P = h C + (h Uᵀ) Vᵀ
+                    ghU = torch.mm(gPn, negV)
+                    gh = torch.baddbmm(torch.addmm(gh, gPn, Ct, alpha=-1).unsqueeze(1), ghU.unsqueeze(1), U).view(Bn, H)
+                    gU0.addcmul_(ghU.unsqueeze(-1), h3u[i])
+                    gUU = gUUp
+                    L_gPn.append(gPn)
+                    L_gu.append(gu)
+                    L_gHZf.append(gHZf)
+                    L_gLin.append(gLin)
+                    L_gxV.append(gxV)
+                    if fw:
+                        L_ggain.append(g_gain)
+                        L_geV.append(geV)
 
         def stacked(lst: list[Tensor]) -> Tensor:
             lst.reverse()
@@ -545,105 +665,93 @@ class _Seq:
         def flat(t: Tensor) -> Tensor:
             return t.reshape(-1, t.shape[-1])
 
-        out: dict[str, Tensor | None] = {"h": gh, "UU": gUU, "em": gem, "ev": gev, "sc": gsc}
-        GPn = stacked(L_gPn)
-        out["C"] = torch.mm(flat(torch.stack(sv["h"])).t(), flat(GPn)).neg_()
+        out: dict[str, Tensor | None] = {
+            "h": gh.clone(),
+            "UU": gUU.clone(),
+            "em": gem.clone(),
+            "ev": gev.clone(),
+            "sc": gsc.clone(),
+        }
+        out["C"] = torch.mm(flat(Hs).t(), flat(stacked(L_gPn))).neg_()
         GU = stacked(L_gu)
-        C1 = torch.stack(sv["c1"])
-        GXB = GU * C1
-        GY, GLin = stacked(L_gY), stacked(L_gLin)
-        out["MY"] = torch.mm(flat(torch.stack(sv["Q"])).t(), flat(GY))
+        GXB = GU * DTs[..., 5:6]
+        GHZf, GLin = stacked(L_gHZf), stacked(L_gLin)
+        GY, GL = GHZf[..., 0:2], GLin
+        out["MY"] = torch.mm(flat(Qs).t(), flat(GY))
         out["bY"] = GY.sum((0, 1))
-        out["ML"] = torch.mm(flat(torch.stack(sv["HZ"])).t(), flat(GLin))
-        out["bL"] = GLin.sum((0, 1))
-        if self.fw:
-            out["eta"] = (stacked(L_ggain) * torch.stack(sv["sh"])).sum((0, 1))
+        out["ML"] = torch.mm(flat(HZs).t(), flat(GL))
+        out["bL"] = GL.sum((0, 1))
+        if fw:
+            out["eta"] = (stacked(L_ggain) * (dtS * Hs)).sum((0, 1))
             GXV = stacked(L_gxV) + stacked(L_geV)
         else:
             out["eta"] = None  # unused, as in the generic path
             GXV = stacked(L_gxV)
         GE = stacked(L_gE)
+        out["W"] = torch.mm(flat(torch.stack(sv["e"])).t(), flat(GU))
         if masked:
             out["B"] = torch.mm(flat(torch.stack(sv["xt"])).t(), flat(GXB))
-            out["W"] = torch.mm(flat(torch.stack(sv["e"])).t(), flat(GU))
             out["x"] = (self.ms * (stacked(L_gxt) + GE)) if need_x else None
         else:
-            gXALL = torch.cat([GXB, GU, GXV], -1)  # (T, B, 2H+R)
             out["B"] = torch.mm(flat(self.xs).t(), flat(GXB))
-            out["W"] = torch.mm(flat(torch.stack(sv["e"])).t(), flat(GU))
-            out["x"] = torch.addmm(flat(GE), flat(gXALL), self.BWV.t()).view(T, Bn, I) if need_x else None
-        out["dt"] = stacked(L_gdt).squeeze(-1) if need_dt else None
+            if need_x:
+                gXALL = torch.cat([GXB, GU, GXV], -1)  # gradient of x @ [B | W | V]
+                out["x"] = torch.addmm(flat(GE), flat(gXALL), self.BWV.t()).view(T, Bn, I)
+            else:
+                out["x"] = None
+        if need_dt:
+            gdt = stacked(L_gdt).squeeze(-1)
+            out["dt"] = gdt * (self.dts != 0) if self.frozen is not None else gdt
+        else:
+            out["dt"] = None
         return out
 
 
 # -- autograd ------------------------------------------------------------------------------------
 
 
+def _keep_graph() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph=True``)."""
+    get = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if get is None else bool(get())
+
+
 class _FastEuler(torch.autograd.Function):
-    """The whole sequence as one autograd node with a hand-written backward."""
+    """The whole sequence as one autograd node with a hand-written backward.
+
+    The forward loop runs in inference mode (cheaper operations), so its intermediates cannot go
+    through ``save_for_backward``; they stay on the context and are released when a backward pass
+    that does not retain the graph has used them. The inputs are saved the usual way, so changing
+    one in place before the backward is still reported.
+    """
 
     @staticmethod
     def forward(ctx, cfg, frozen, x, dt, mask, h0, UU0, em0, ev0, sc0, C, Bm, W, eta, V, MY, bY, ML, bL):  # noqa: D102
-        seq = _Seq(
-            cfg,
-            x.transpose(0, 1),
-            dt.t(),
-            None if mask is None else mask.transpose(0, 1),
-            C,
-            Bm,
-            W,
-            eta,
-            V,
-            (MY, bY, ML, bL),
-            frozen,
-        )
-        outs, h, UU, em, ev, sc = seq.forward(h0, UU0, em0, ev0, sc0, save=True)
-        # Everything the backward reads goes through save_for_backward, so that it is released
-        # after a backward pass (and checked against in-place changes), as for built-in nodes.
-        sv = seq.saved
-        counts = []
-        flat = [x, dt, mask, C, Bm, W, eta, V, MY, bY, ML, bL, seq.xall]
-        for name in _SAVED:
-            items = [t for t in sv[name] if t is not None]
-            counts.append(len(items))
-            flat.extend(items)
-        ctx.save_for_backward(*flat)
-        ctx.meta = (cfg, frozen, counts)
-        seq.saved = None
-        # outputs must be new tensors (not inputs)
-        UU = UU.clone() if UU is UU0 else UU
-        return torch.stack(outs, 1), h, UU, em, ev, sc
+        with torch.inference_mode():
+            w = _Weights(C, Bm, W, eta, V, (MY, bY, ML, bL))
+            xs, dts = x.transpose(0, 1), dt.t()
+            ms = None if mask is None else mask.transpose(0, 1)
+            seq = _Seq(cfg, xs, dts, ms, w, frozen)
+            outs, h, UU, em, ev, sc = seq.forward(h0, UU0, em0, ev0, sc0, save=True)
+        ctx.save_for_backward(x, dt, mask, h0, UU0, em0, ev0, sc0, C, Bm, W, eta, V, MY, bY, ML, bL)
+        ctx.seq = seq
+        return torch.stack(outs, 1), h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out, g_h, g_UU, g_em, g_ev, g_sc):  # noqa: D102
-        cfg, frozen, counts = ctx.meta
-        flat = ctx.saved_tensors
-        x, dt, mask, C, Bm, W, eta, V, MY, bY, ML, bL, xall = flat[:13]
-        seq = _Seq(
-            cfg,
-            x.transpose(0, 1),
-            dt.t(),
-            None if mask is None else mask.transpose(0, 1),
-            C,
-            Bm,
-            W,
-            eta,
-            V,
-            (MY, bY, ML, bL),
-            frozen,
-            xall=xall,
-        )
-        sv: dict[str, list] = {}
-        pos = 13
-        for name, c in zip(_SAVED, counts):
-            sv[name] = list(flat[pos : pos + c])
-            pos += c
-        if not sv["Mix"]:
-            sv["Mix"] = [None] * seq.T
-        seq.saved = sv
+        ctx.saved_tensors  # noqa: B018  (raises if an input was changed in place)
+        seq: _Seq | None = ctx.seq
+        if seq is None:
+            raise RuntimeError(
+                "Trying to backward through the DREAM Euler fast path a second time; its intermediate "
+                "results have been freed. Specify retain_graph=True the first time."
+            )
+        if not _keep_graph():
+            ctx.seq = None
         need = ctx.needs_input_grad
-        g = seq.backward(g_out, g_h, g_UU, g_em, g_ev, g_sc, need_x=need[2], need_dt=need[3])
+        free = ctx.seq is None
+        g = seq.backward(g_out, g_h, g_UU, g_em, g_ev, g_sc, need_x=need[2], need_dt=need[3], free=free)
         gx = g["x"].transpose(0, 1) if g["x"] is not None else None
         gdt = g["dt"].t() if g["dt"] is not None else None
 
@@ -709,14 +817,14 @@ def _pack_U(U: Tensor, Ut: Tensor) -> Tensor:
     """
     base = U._base
     if base is not None and base is Ut._base and not torch.is_grad_enabled() and base.is_contiguous():
-        if base.dim() == 4 and base.shape == (U.shape[0], 2, U.shape[2], U.shape[1]):
-            off = base.stride(1) * base.element_size()
-            if (
-                U.data_ptr() == base.data_ptr()
-                and Ut.data_ptr() == base.data_ptr() + off
-                and U.stride() == Ut.stride() == (base.stride(0), 1, base.stride(2))
-            ):
-                return base
+        Bn, H, R = U.shape
+        if (
+            base.numel() == Bn * 2 * R * H
+            and U.data_ptr() == base.data_ptr()
+            and Ut.data_ptr() == base.data_ptr() + R * H * base.element_size()
+            and U.stride() == Ut.stride() == (2 * R * H, 1, H)
+        ):
+            return base.view(Bn, 2, R, H)
     return torch.stack([U, Ut], 1).transpose(2, 3).contiguous()
 
 
@@ -736,32 +844,23 @@ def run_sequence(
     sc0 = _pack(as0, at0, 1)
     frozen = (dt == 0).any(dim=0).tolist()
     frozen = frozen if any(frozen) else None
-    tensors = (x, dt, mask, h0, UU0, em0, ev0, sc0, f.C, f.B, f.W, f.eta)
-    grad = torch.is_grad_enabled() and (
-        any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in f.parameters())
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, mask, h0, UU0, em0, ev0, sc0, *_tensors_of(f))
     )
     if grad:
-        maps = scalar_maps(f)
+        maps = scalar_maps(f)  # with autograd: the scalar parameters' gradients flow through it
         out, h, UU, em, ev, sc = _FastEuler.apply(
             f.config, frozen, x, dt, mask, h0, UU0, em0, ev0, sc0, f.C, f.B, f.W, f.eta, f.V, *maps
         )
     else:
-        with torch.no_grad():
-            seq = _Seq(
-                f.config,
-                x.transpose(0, 1),
-                dt.t(),
-                None if mask is None else mask.transpose(0, 1),
-                f.C,
-                f.B,
-                f.W,
-                f.eta,
-                f.V,
-                _scalar_maps_cached(f),
-                frozen,
-            )
+        with torch.inference_mode():
+            xs, dts = x.transpose(0, 1), dt.t()
+            ms = None if mask is None else mask.transpose(0, 1)
+            seq = _Seq(f.config, xs, dts, ms, _weights_cached(f), frozen)
             outs, h, UU, em, ev, sc = seq.forward(h0, UU0, em0, ev0, sc0)
-            out = torch.stack(outs, 1)
+        # outside inference mode again: normal tensors, usable later with autograd
+        out = torch.stack(outs, 1)
+        h, UU, em, ev, sc = h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
     U, Ut = UU.transpose(2, 3).unbind(1)
     as_, at = sc.unbind(1)
     return out, DREAMState(h, U, Ut, em, ev, as_, at)
@@ -773,45 +872,28 @@ def step_applies(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, d
         return False
     if not torch.is_grad_enabled():
         return True
-    tensors = (*z, x, mask, dt, *f.parameters())
+    tensors = (*z, x, mask, dt, *_tensors_of(f))
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
 def step(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> tuple[DREAMState, FieldAux]:
-    """One Euler step of ``dt`` ``(B,)`` without a gradient: ``(state, aux at the start of the step)``."""
+    """One Euler step of ``dt`` ``(B,)`` without a gradient: ``(state, aux at the start of the step)``.
+
+    The aux holds what a trace records (surprise, τ, prediction, error norm); its ``decay`` (used
+    by the semi-implicit step only) is left empty.
+    """
     with torch.no_grad():
         cfg = f.config
         h0, U0, Ut0, em0, ev0, as0, at0 = z
-        seq = _Seq(
-            cfg,
-            x.unsqueeze(0),
-            dt.unsqueeze(0),
-            None if mask is None else mask.unsqueeze(0),
-            f.C,
-            f.B,
-            f.W,
-            f.eta,
-            f.V,
-            _scalar_maps_cached(f),
-            None,  # integrate_layer freezes padded samples itself
-        )
+        # integrate_layer freezes padded samples itself
+        seq = _Seq(cfg, x, dt, mask, _weights_cached(f), None, single=True)
         _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), aux=True)
         pred, n, Z, Lin = seq.auxes[0]
         S = Z[:, 0]
         if cfg.ltc_enabled:
-            tau = torch.clamp(f.tau_sys / (1 + S * f.surprise_scale), cfg.tau_min, cfg.tau_max)
+            tau = Lin[:, 0].reciprocal().clamp_(cfg.tau_min, cfg.tau_max)  # τ_sys / (1 + S·s), clamped
         else:
             tau = f.tau_sys.expand_as(S)
-        r_err = cfg.error_smoothing / cfg.time_step
-        decay = (
-            1 / tau.unsqueeze(-1),
-            (Lin[:, 2] + Lin[:, 3])[:, None, None] if cfg.fast_weights else 0.0,
-            Lin[:, 4][:, None, None] if cfg.sleep_enabled else 0.0,
-            r_err,
-            r_err,
-            cfg.surprise_smoothing / cfg.time_step,
-            cfg.habituation_rate / cfg.time_step,
-        )
         U, Ut = UU.transpose(2, 3).unbind(1)
         as_, at = sc.unbind(1)
-        return DREAMState(h, U, Ut, em, ev, as_, at), FieldAux(S, tau, pred, n[:, 0], decay)
+        return DREAMState(h, U, Ut, em, ev, as_, at), FieldAux(S, tau, pred, n[:, 0])

@@ -158,7 +158,10 @@ class DREAMField(nn.Module):
 
         # 3. error size: RMS z-score over observed channels
         dev = error - error_mean
-        z2 = dev.square() / (error_var + 1e-6)
+        # error_var >= 0 along the exact flow and every Euler step; a trial stage of a higher-order
+        # solver can still undershoot, and a negative variance must not turn into NaN here.
+        var = torch.clamp(error_var, min=0.0)
+        z2 = dev.square() / (var + 1e-6)
         if mask is None:
             q = z2.mean(-1)
         else:
@@ -166,7 +169,7 @@ class DREAMField(nn.Module):
         error_norm = _safe_sqrt(q)
 
         # 4. surprise gate
-        entropy = torch.clamp(0.5 * torch.log(2 * math.pi * math.e * error_var.mean(-1) + 1e-6), 0.0, 2.0)
+        entropy = torch.clamp(0.5 * torch.log(2 * math.pi * math.e * var.mean(-1) + 1e-6), 0.0, 2.0)
         tau_cls = self.tau_0 * (1 + self.alpha * entropy)
         tau_eff = 0.3 * tau_cls + 0.7 * adaptive_tau
         gamma = self.gamma

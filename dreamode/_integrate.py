@@ -157,6 +157,23 @@ class _StepODE(nn.Module):
         return tuple(d * v for d, v in zip(dz, _views(self.dt, dz)))
 
 
+def _warn_if_stiff(f: DREAMField, integ: Integrator, substep: Tensor) -> None:
+    """`StiffStepWarning` when an explicit method's longest sub-step passes the stability limit."""
+    if integ.tableau is None:
+        return
+    longest = float(substep.max())  # one host sync per sequence
+    limit = explicit_step_limit(f)
+    if longest > limit:
+        warnings.warn(
+            f"DREAM: explicit {integ.method!r} steps of up to {longest:.4g} time units exceed the "
+            f"stability limit {limit:.4g} of this field (2·min(tau_min, 1/homeostasis_rate)); the "
+            f"state may blow up. Use max_step={limit / 2:.4g}, solver='ltc-fused' (stable for any "
+            "step) or an adaptive solver such as 'dopri5', or rescale the time axis.",
+            StiffStepWarning,
+            stacklevel=6,
+        )
+
+
 def integrate_layer(
     f: DREAMField,
     integ: Integrator,
@@ -174,6 +191,8 @@ def integrate_layer(
     at the start of each step as a `Trace` (when ``trace``), and solve statistics.
     """
     T = x.shape[1]
+    if integ.method == "euler" and integ.max_step is None:
+        _warn_if_stiff(f, integ, dt)
     if integ.method == "euler" and integ.max_step is None and not trace and _fast_euler.sequence_applies(f, mask):
         out, z = _fast_euler.run_sequence(f, x, dt, mask, z, interpolation)
         return out, z, None, SolveStats(nfe=T, steps=T, per_step_nfe=[1] * T)
@@ -186,18 +205,7 @@ def integrate_layer(
             n_sub = torch.clamp(torch.ceil(dt / integ.max_step * (1 - 1e-6)), min=1).to(dt.dtype)
             n_max = n_sub.amax(dim=0).long().tolist()  # one host sync for the whole sequence
         stages = 1 if integ.tableau is None else integ.tableau.stages
-        if integ.tableau is not None:
-            longest = float((dt if n_sub is None else dt / n_sub).max())
-            limit = explicit_step_limit(f)
-            if longest > limit:
-                warnings.warn(
-                    f"DREAM: explicit {integ.method!r} steps of up to {longest:.4g} time units exceed the "
-                    f"stability limit {limit:.4g} of this field (2·min(tau_min, 1/homeostasis_rate)); the "
-                    f"state may blow up. Use max_step={limit / 2:.4g}, solver='ltc-fused' (stable for any "
-                    "step) or an adaptive solver such as 'dopri5', or rescale the time axis.",
-                    StiffStepWarning,
-                    stacklevel=5,
-                )
+        _warn_if_stiff(f, integ, dt if n_sub is None else dt / n_sub)
     # Padding (dt = 0) must leave the state exactly as it was even if the field is not finite
     # on the padded inputs: select rather than multiply by zero.
     frozen = (dt == 0).any(dim=0).tolist()

@@ -262,6 +262,23 @@ def diagnostics_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def coverage(
+    runs: list[dict[str, Any]], models: Sequence[str], rates: Sequence[float], seeds: Sequence[int]
+) -> dict[str, str]:
+    """For each model that did not run on the whole grid of rates x seeds: which runs it has."""
+    out = {}
+    for name in models:
+        have = {(r["drop"], r["seed"]) for r in runs if r["model"] == name}
+        if not have or all((float(p), s) in have for p in rates for s in seeds):
+            continue
+        parts = []
+        for p in rates:
+            got = sorted(s for q, s in have if math.isclose(q, p))
+            parts.append(f"{round(100 * p)}% seeds {got}" if got else f"{round(100 * p)}% not run")
+        out[name] = "; ".join(parts)
+    return out
+
+
 def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``<RESULT_NAME>.json`` and ``.md`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,15 +303,11 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
         markdown_table(record["runs"], models, rates),
         "",
     ]
-    if cfg.get("restrict"):
-        md += [
-            "Runs restricted for time: "
-            + "; ".join(
-                f"{m}: drop {v.get('rates', 'all')}, seeds {v.get('seeds', 'all')}" for m, v in cfg["restrict"].items()
-            )
-            + ".",
-            "",
-        ]
+    partial = coverage(record["runs"], models, rates, cfg["seeds"])
+    if partial:
+        md += ["Not every model ran on every drop rate and seed (to fit the time budget); what ran:", ""]
+        md += [f"- {MODELS[m][0]}: {what}" for m, what in partial.items()]
+        md += [""]
     md += [
         "Diagnostics (summed over seeds; NFE / step = field evaluations per observation step on the test set):",
         "",
@@ -303,7 +316,7 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
         PUBLISHED,
     ]
     if record.get("parts"):
-        md += ["Produced by these commands, run at the same time (then merged with `--merge`):", ""]
+        md += ["Produced by these commands, run side by side (their times overlap), then merged:", ""]
         md += [
             f"- `{part['command']}` ({part['wall_time_s'] / 60:.1f} min"
             + (f", continuing `{part['resumed_from']}`" if part.get("resumed_from") else "")
@@ -316,10 +329,16 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
     md += [
         f"Machine: {record['machine']}  ",
         f"Wall time: {record['wall_time_s'] / 60:.1f} min"
-        + (" (the longest of the parallel commands)" if record.get("parts") else "")
+        + (
+            f" (the longest part; the parts together ran {sum(p['wall_time_s'] for p in record['parts']) / 60:.0f} min)"
+            if record.get("parts")
+            else ""
+        )
         + (" (partial: still running or interrupted)" if not record.get("complete") else ""),
         "",
     ]
+    if record.get("note"):
+        md += [record["note"], ""]
     md_path = out_dir / f"{RESULT_NAME}.md"
     md_path.write_text("\n".join(md))
     return md_path, json_path
@@ -454,9 +473,11 @@ def main(
     return record
 
 
-def merge_results(paths: Sequence[str | Path], out_dir: str | Path, command: str | None = None) -> dict[str, Any]:
+def merge_results(
+    paths: Sequence[str | Path], out_dir: str | Path, command: str | None = None, note: str | None = None
+) -> dict[str, Any]:
     """Merge the JSON records of comparisons run side by side (same training setup, different
-    models/rates/seeds) into one record and table in ``out_dir``."""
+    models/rates/seeds) into one record and table in ``out_dir``; ``note`` goes under the table."""
     records = [json.loads(Path(p).read_text()) for p in paths]
     if not records:
         raise ValueError("merge: give at least one JSON file")
@@ -469,14 +490,7 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, command: str
     config["models"] = [m for m in MODELS if any(m in r["config"]["models"] for r in records)]
     config["drop_rates"] = sorted({p for r in records for p in r["config"]["drop_rates"]})
     config["seeds"] = sorted({s for r in records for s in r["config"]["seeds"]})
-    restrict: dict[str, Any] = {}
-    for r in records:
-        for m in r["config"]["models"]:
-            if m in r["config"].get("restrict", {}):
-                restrict[m] = r["config"]["restrict"][m]
-            elif r["config"]["drop_rates"] != config["drop_rates"] or r["config"]["seeds"] != config["seeds"]:
-                restrict[m] = {"rates": r["config"]["drop_rates"], "seeds": r["config"]["seeds"]}
-    config["restrict"] = restrict
+    config["restrict"] = {m: v for r in records for m, v in r["config"].get("restrict", {}).items()}
     merged = {
         "config": config,
         "command": command or " ".join(["python", *sys.argv]),
@@ -488,6 +502,7 @@ def merge_results(paths: Sequence[str | Path], out_dir: str | Path, command: str
         "runs": [run for r in records for run in r["runs"]],
         "wall_time_s": max(r["wall_time_s"] for r in records),
         "complete": all(r.get("complete") for r in records),
+        "note": note,
     }
     md_path, json_path = write_results(Path(out_dir), merged)
     print(markdown_table(merged["runs"], config["models"], config["drop_rates"]))
@@ -538,10 +553,11 @@ def cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="merge the JSON results of parallel runs into --out-dir, run nothing"
     )
+    parser.add_argument("--note", help="with --merge: a line of text to put under the results")
     args = parser.parse_args(argv)
     command = " ".join(["python", "examples/irregular_classification.py", *(sys.argv[1:] if argv is None else argv)])
     if args.merge:
-        return merge_results(args.merge, args.out_dir, command=command)
+        return merge_results(args.merge, args.out_dir, command=command, note=args.note)
     return main(
         drop_rates=args.drop_rates,
         seeds=args.seeds,

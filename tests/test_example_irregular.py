@@ -56,7 +56,9 @@ def test_restrict_and_resume(tmp_path):
     assert [(r["drop"], r["seed"]) for r in first["runs"] if r["model"] == "lstm-ffill"] == [(0.3, 1)]
     again = example.main(**kw, restrict=restrict, resume=True)
     assert again["runs"] == first["runs"]  # nothing re-run
-    assert "(n=1)" in (tmp_path / "irregular_japanese_vowels.md").read_text()
+    md = (tmp_path / "irregular_japanese_vowels.md").read_text()
+    assert "(n=1)" in md
+    assert "LSTM, forward-filled: 0% not run; 30% seeds [1]" in md
 
 
 class _Raising(torch.nn.Module):

@@ -120,12 +120,25 @@ class HybridField(nn.Module):
         if not idx or any(not 0 <= i < physical_dim for i in idx) or len(set(idx)) != len(idx):
             raise ValueError(f"HybridField: correct must be distinct indices in [0, {physical_dim}), got {correct!r}")
         self.correct = idx
+        self.register_buffer("_index", torch.as_tensor(idx, device=device), persistent=False)
         if coupling is None and dream is not None:
             coupling = nn.Linear(dream.config.hidden_dim, len(idx), bias=False, device=device, dtype=dtype)
             nn.init.zeros_(coupling.weight)
         self.coupling = coupling
+        self._correction = False
         self.correction = bool(correction) and dream is not None
         self.nfe = 0
+
+    @property
+    def correction(self) -> bool:
+        """Whether the DREAM correction is on; switch it off for the pure physics (the state is then ``(x,)``)."""
+        return self._correction
+
+    @correction.setter
+    def correction(self, on: bool) -> None:
+        if on and self.dream is None:
+            raise ValueError("HybridField: correction=True needs a DREAM field (this one was built with dream=None)")
+        self._correction = bool(on)
 
     @property
     def state_size(self) -> int:
@@ -151,6 +164,11 @@ class HybridField(nn.Module):
             raise ValueError(f"HybridField: x0 must be a (B, {self.physical_dim}) tensor, got {shape}")
         if not self.correction:
             return (x0,)
+        if x0.dtype != self.dream.C.dtype:
+            raise TypeError(
+                f"HybridField: x0 has dtype {x0.dtype}, but the DREAM field has dtype {self.dream.C.dtype}; "
+                f"cast one of them (e.g. HybridField(..., dtype={x0.dtype}))"
+            )
         z0 = self.dream.initial_state(x0.shape[0], device=x0.device, dtype=x0.dtype)
         return (x0, *z0)
 
@@ -186,7 +204,7 @@ class HybridField(nn.Module):
         if len(self.correct) == self.physical_dim:
             dx = dx + c
         else:
-            dx = dx.index_add(-1, torch.as_tensor(self.correct, device=dx.device), c)
+            dx = dx.index_add(-1, self._index, c)
         return (dx, *dz)
 
     def _check_state(self, y: Sequence[Tensor]) -> None:

@@ -56,7 +56,9 @@ class OneCompartmentOral(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.params = PositiveParameters({"ka": ka, "ke": ke, "cl": cl}, transform=transform, dtype=dtype, device=device)
+        self.params = PositiveParameters(
+            {"ka": ka, "ke": ke, "cl": cl}, transform=transform, dtype=dtype, device=device
+        )
         dtype = self.params.raw["ka"].dtype
         self.register_buffer("dose", None if dose is None else torch.as_tensor(dose, dtype=dtype, device=device))
 

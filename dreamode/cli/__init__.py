@@ -1,0 +1,76 @@
+"""The ``dreamode`` command line: ``dreamode bench``, ``dreamode solvers``, ``dreamode compare``.
+
+Installed as the console script ``dreamode`` (``[project.scripts]``); ``python -m dreamode`` is the
+same. Every subcommand reports a bad option as one line, ``dreamode <cmd>: error: ...``, and exits
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    """The parser with every subcommand."""
+    from . import bench, solvers_cmd
+
+    parser = Parser(
+        prog="dreamode",
+        description="dreamode: the DREAM recurrent cell as an ODE vector field.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    bench.add_parser(sub)
+    solvers_cmd.add_parser(sub)
+    _add_compare(sub)
+    return parser
+
+
+def _add_compare(sub: Any) -> None:
+    """``dreamode compare``, when the compare module (and its dependencies) imports."""
+    try:
+        from .. import compare
+    except ImportError:  # pragma: no cover - optional dependency missing
+        return
+    if not (hasattr(compare, "add_arguments") and hasattr(compare, "main_from_args")):
+        return  # pragma: no cover
+    p = sub.add_parser(
+        "compare",
+        help="one trained field through every discretisation (accuracy study)",
+        description="Train the DREAM field once with the Euler rule, then run it through every solver.",
+        epilog=getattr(compare, "EXAMPLES", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_arguments(p)
+
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return compare.main_from_args(a)
+        except (ValueError, FileNotFoundError) as exc:
+            p.error(str(exc))
+
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dreamode`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.func(args) or 0)
+
+
+__all__ = ["Parser", "build_parser", "main"]

@@ -1,0 +1,115 @@
+"""The ``dreamode`` command line: ``bench`` at a tiny size, ``solvers``, and bad options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dreamode.cli import main
+
+TINY = ["--batch", "2", "--steps", "4", "--input-dim", "3", "--hidden-dim", "4", "--rank", "2", "--repeats", "1"]
+ADAPTIVE = ["--adaptive-steps", "2", "--slow-steps", "3"]
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamode", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_tiny_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = _run("bench", *TINY, *ADAPTIVE, "--models", "dream-euler", "lstm", "gru", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert {"command", "machine", "config", "timing_method", "memory_method", "results", "adjoint_memory"} <= set(
+        report
+    )
+    assert report["config"]["batch"] == 2 and report["config"]["steps"] == 4
+    rows = {r["model"]: r for r in report["results"]}
+    assert set(rows) == {"dream-euler", "lstm", "gru"}
+    for r in rows.values():
+        for key in ("steps", "forward_ms", "train_ms", "forward_ratio", "train_ratio", "peak_mb"):
+            assert key in r, key
+        assert r["forward_ms"] > 0 and r["train_ms"] > 0
+        assert r["peak_mb"] is not None and r["peak_mb"] >= 0
+    assert rows["lstm"]["train_ratio"] == 1.0
+    # the table is printed, progress goes to stderr
+    assert "dream-euler" in res.stdout and "×LSTM" in res.stdout
+    assert "[1/3]" in res.stderr
+
+
+def test_bench_all_solvers_quick(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", *TINY, *ADAPTIVE, "--quick", "--quiet", "--out", str(out)]
+    argv += ["--models", "dream-euler", "dream-rk4", "dream-dopri5", "dream-dopri5-adjoint", "lstm"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    rows = {r["model"]: r for r in report["results"]}
+    assert rows["dream-dopri5"]["steps"] == 2 and rows["dream-rk4"]["steps"] == 3
+    assert all(r["peak_mb"] is None for r in rows.values())  # --quick skips the memory probes
+    assert "dream-dopri5-adjoint" in capsys.readouterr().out
+
+
+def test_adjoint_memory_study(tmp_path):
+    out = tmp_path / "a.json"
+    argv = ["bench", *TINY, "--skip-timing", "--adjoint-memory", "3", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    study = json.loads(out.read_text())["adjoint_memory"]
+    assert [(a["model"], a["steps"]) for a in study] == [("dream-dopri5", 3), ("dream-dopri5-adjoint", 3)]
+    assert all(a["peak_mb"] is not None for a in study)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["bench", "--batch", "x"], "argument --batch: expected a positive integer, got 'x'"),
+        (["bench", "--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+        (["bench", "--models", "transformer"], "argument --models: invalid choice: 'transformer'"),
+        (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["bench", "--rank", "9", "--input-dim", "4"], "--rank (9) must be <= --input-dim (4)"),
+        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_bad_option_is_one_clear_line(args, fragment, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("dreamode") and "error:" in lines[0]
+    assert fragment in lines[0]
+    assert captured.out == ""
+
+
+def test_bad_option_exit_status_of_the_console_command():
+    res = _run("bench", "--batch", "-3", timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "dreamode bench: error: argument --batch: expected a positive integer, got '-3' (see dreamode bench --help)"
+    ]
+
+
+def test_solvers_table(capsys):
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "order", "adaptive", "differentiable", "adjoint", "backend"]
+    rows = {ln.split()[0]: ln.split() for ln in out[2:]}
+    assert rows["dopri5"] == ["dopri5", "5", "yes", "yes", "yes", "torchdiffeq"]
+    assert rows["euler"] == ["euler", "1", "no", "yes", "no", "solvers"]
+    assert "ltc-fused" in rows
+
+
+def test_solvers_json(capsys):
+    assert main(["solvers", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert {"name", "order", "adaptive", "differentiable", "adjoint", "backend"} <= set(items[0])
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "bench" in capsys.readouterr().err
