@@ -531,8 +531,7 @@ class _Seq:
             P2 = DEV2 * IEP
             P3 = Z2 * IEP
             Hs = torch.stack(sv["h"])  # the state before each step
-            HTs = torch.stack(sv["ht"])
-            HmH = HTs - Hs
+            HmH = torch.stack(sv["ht"]) - Hs
             dtS = DTs[..., 1:2]
             if need_dt:
                 # Δt enters Δt·L (all but 1 + κS, with the clamp of Δt/τ) and the statistics' lerps
@@ -543,6 +542,7 @@ class _Seq:
                 r_err = cfg.error_smoothing / cfg.time_step
                 EVD = (DEV * DEV - (EP - k.eps_var)) * r_err
                 DEVr = DEV * r_err
+            del DEV, EP, Z2, IEP, DEV2  # long sequences: only P1, P2, P3 are needed from here on
 
             def steps(t: Tensor | None) -> tuple:
                 return t.unbind(0) if t is not None else (None,) * T

@@ -30,9 +30,7 @@ def test_mechanisms_example_shows_a_surprise_spike(tmp_path):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_in_context_example_reports_every_variant(tmp_path):
     results = load("in_context").main(tmp_path, hidden=8, length=4, repeats=3, train_steps=2, seeds=(0,))
-    assert set(results) == {
-        f"fast_weights={f}, {t}" for f in (True, False) for t in ("trained", "untrained")
-    }
+    assert set(results) == {f"fast_weights={f}, {t}" for f in (True, False) for t in ("trained", "untrained")}
     for r in results.values():
         assert 0 < r["rms_first_repetition"] < 2 and 0 < r["rms_last_repetition"] < 2
     assert (tmp_path / "in_context.json").exists()

@@ -11,7 +11,11 @@ from dreamode.compare import CompareSettings, run_compare
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     settings = CompareSettings(
-        methods=("euler", "rk4", "dopri5", "ltc-fused"), hidden_dim=8, rank=2, epochs=1, max_series=12,
+        methods=("euler", "rk4", "dopri5", "ltc-fused"),
+        hidden_dim=8,
+        rank=2,
+        epochs=1,
+        max_series=12,
         substeps=(2, 4, 8),
     )
     return out, run_compare(settings, out, log=lambda m: None)
