@@ -6,7 +6,7 @@
 >>> output, state = model(torch.randn(32, 50, 64))
 """
 
-from . import baselines, classify, data, datasets
+from . import baselines, classify, data, datasets, physics
 from ._cell import DREAMCell
 from ._config import DREAMConfig
 from ._field import DREAMField, DrivenField, FieldAux
@@ -40,6 +40,7 @@ __all__ = [
     "classify",
     "data",
     "datasets",
+    "physics",
     "evaluate",
     "train_classifier",
 ]

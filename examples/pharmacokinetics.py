@@ -203,12 +203,12 @@ def main(
     seed: int = 0,
     command: str | None = None,
 ) -> dict:
-    """Run the study; ``quick``: subject 1, the first hold-out scheme, a 4-unit DREAM, 2 Adam steps (seconds)."""
+    """Run the study; ``quick``: subject 1, the first hold-out scheme, a 4-unit DREAM, 1 Adam step (seconds)."""
     torch.set_num_threads(1)
     if quick:
         subjects = subjects or (1,)
         holdouts = holdouts[:1]
-        hidden, iters, max_evals = 4, 2, 40
+        hidden, iters, max_evals = 4, 1, 40
     data = load_theophylline()
     chosen = [s for s in data if subjects is None or s.subject in subjects]
     out = Path(out_dir)
@@ -378,7 +378,7 @@ def _markdown(r: dict) -> str:
 
 def _steps(fit: dict) -> str:
     if fit["diverged_at_step"] is None:
-        return f"{fit['iters']} steps"
+        return f"{fit['iters']} step{'s' if fit['iters'] != 1 else ''}"
     return f"diverged at step {fit['diverged_at_step']} of {fit['iters']} (kept the step before)"
 
 

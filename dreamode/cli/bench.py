@@ -45,6 +45,8 @@ MODELS = (
     "lstm-cell",
 )
 FORWARD_ONLY = ("dream-cell", "lstm-cell")
+SLOW = ("dream-euler-generic", "dream-rk4")  # the unfused path: --slow-steps, --slow-repeats
+DEFAULT_MODELS = tuple(m for m in MODELS if m != "dream-euler-generic")
 BASELINE = "lstm"
 MEMORY_METHOD = (
     "peak resident set size increase over one training step, in a fresh Python process per model: "
@@ -315,9 +317,9 @@ def plan(args: argparse.Namespace) -> list[Case]:
         if name == "cfc" and not cfc_available():
             continue
         adaptive = "dopri5" in name
-        slow = name in ("dream-rk4", "dream-euler-generic")
+        slow = name in SLOW
         steps = args.adaptive_steps if adaptive else args.slow_steps if slow else args.steps
-        repeats = args.adaptive_repeats if adaptive else args.repeats
+        repeats = args.adaptive_repeats if adaptive else args.slow_repeats if slow else args.repeats
         cases.append(
             Case(
                 name, steps, repeats, warmup=0 if adaptive else 1, adaptive=adaptive, forward_only=name in FORWARD_ONLY
@@ -347,6 +349,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             "adaptive_steps": args.adaptive_steps,
             "adaptive_repeats": args.adaptive_repeats,
             "slow_steps": args.slow_steps,
+            "slow_repeats": args.slow_repeats,
             "rtol": args.rtol,
             "atol": args.atol,
             "threads": torch.get_num_threads(),
@@ -536,7 +539,7 @@ def _positive_float(text: str) -> float:
 
 
 EXAMPLES = """examples:
-  dreamode bench                                   # defaults, about two minutes on 2 cores
+  dreamode bench                                   # defaults: 2-4 minutes on 2 shared cores
   dreamode bench --threads 1 --out bench.json      # one intra-op thread, JSON report
   dreamode bench --quick                           # a smoke run (seconds)
   dreamode bench --models dream-euler lstm gru --steps 1000
@@ -566,7 +569,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--adaptive-steps",
         type=_positive_int,
-        default=10,
+        default=5,
         help="sequence length for dopri5 and dopri5 + adjoint (default: %(default)s)",
     )
     p.add_argument(
@@ -575,8 +578,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--slow-steps",
         type=_positive_int,
-        default=50,
+        default=25,
         help="sequence length for rk4 and dream-euler-generic, the unfused path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--slow-repeats", type=_positive_int, default=1, help="repetitions of rk4 and dream-euler-generic (default: 1)"
     )
     p.add_argument("--rtol", type=_positive_float, default=1e-3, help="dopri5 relative tolerance (default: 1e-3)")
     p.add_argument("--atol", type=_positive_float, default=1e-4, help="dopri5 absolute tolerance (default: 1e-4)")
@@ -584,9 +590,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         choices=MODELS,
-        default=list(MODELS),
+        default=list(DEFAULT_MODELS),
         metavar="MODEL",
-        help=f"models to run, of {', '.join(MODELS)} (default: all; cfc only when ncps is installed)",
+        help=f"models to run, of {', '.join(MODELS)} (default: all but dream-euler-generic, the Euler rule "
+        "without the fast path; cfc only when ncps is installed)",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")
@@ -613,7 +620,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.steps = min(args.steps, 50)
-        args.slow_steps = min(args.slow_steps, 20)
+        args.slow_steps = min(args.slow_steps, 10)
         args.repeats = min(args.repeats, 2)
         args.adaptive_steps = min(args.adaptive_steps, 3)
         args.no_memory = True

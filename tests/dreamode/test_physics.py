@@ -284,10 +284,10 @@ def test_solve_at_times_adjoint_matches_direct():
     grads = []
     for adjoint in (False, True):
         field = make_field(seed=2, hidden=2)
-        sol = solve_at_times(field, field.initial_state(x0()), times, "dopri5", rtol=1e-9, atol=1e-11, adjoint=adjoint)
+        sol = solve_at_times(field, field.initial_state(x0()), times, "dopri5", rtol=1e-8, atol=1e-10, adjoint=adjoint)
         sol.ys[0].square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in field.physics_parameters()]))
-    assert torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-9)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8)
 
 
 def test_solve_at_times_errors():
