@@ -4,7 +4,7 @@
 ``DREAMCell`` without a gradient hand their work to this module. It computes the rule of
 dream-math.md §3-4 — the generic path is :meth:`DREAMField.evaluate` followed by ``z + Δt·f(z)``;
 the two agree to rounding (tests/dreamode/test_fast_euler.py) — rearranged so that one step is a
-few dozen whole-batch tensor operations (see docs/performance.md for the design and the timings):
+few dozen whole-batch tensor operations (docs/performance.md has the design note and timings):
 
 * **Input projections for the whole sequence at once.** Without a mask the input enters a step
   only through ``x B``, ``x W`` and ``x V``: one ``(T·B, I) × (I, 2H+R)`` product before the loop;
@@ -12,16 +12,20 @@ few dozen whole-batch tensor operations (see docs/performance.md for the design 
 * **The per-sample scalars as two tiny matrix products.** What the surprise gate computes from
   ``n``, the clamped log-variance, ``avg_surprise`` and ``adaptive_tau`` is affine before the
   sigmoid, so ``S`` and the sleep gate ``g`` come out of one ``addmm`` and one ``sigmoid``; ``1/τ``,
-  ``1 + κS``, the forgetting, homeostatic and sleep rates are affine in ``(S, g, relu(1 − N/‖U‖))``:
-  one more ``addmm``. The learned scalars (τ_sys, s, γ, τ₀, α, κ) sit in those two small matrices,
-  built with autograd outside the recurrence.
-* **``U`` and ``U_target`` as one ``(B, 2, H, R)`` tensor**: forgetting, homeostasis and sleep mix
-  the two linearly, a ``(B, 2, 2)`` matrix per sample — one ``bmm`` forward; in the backward one
-  ``bmm`` for the state gradient and one for the three rate gradients.
+  ``1 + κS``, the forgetting, homeostatic and sleep rates and the two EMA targets are affine in
+  ``(S, g, relu(1 − N/‖U‖), min(n, θ_max))``: one more ``addmm``. The learned scalars (τ_sys, s,
+  γ, τ₀, α, κ) sit in those two small matrices (:func:`scalar_maps`), built with autograd outside
+  the recurrence.
+* **``U`` and ``U_target`` as one ``(B, 2, R, H)`` tensor** (transposed, so that every product with
+  them is a row vector times a matrix): forgetting, homeostasis and sleep mix the two linearly, a
+  ``(B, 2, 2)`` matrix per sample — one ``bmm`` forward; in the backward one ``bmm`` for the state
+  gradient and one for the three rate gradients.
 * **A hand-written backward** (one ``torch.autograd.Function`` over the whole sequence, as cuDNN
-  does for LSTMs): the reverse recurrence works on whole ``(B, ·)`` tensors and leaves the weight
-  gradients (C, B, W, eta, the two scalar matrices) and the input gradient to a few large products
-  after the loop. Outputs are stacked once at the end, never written into a buffer under autograd.
+  does for LSTMs): what depends on forward values only is computed for all steps at once, the
+  reverse recurrence works on whole ``(B, ·)`` tensors, and the weight gradients (C, B, W, eta, the
+  two scalar matrices) and the input gradient are a few large products after the loop. Outputs are
+  stacked once at the end, never written into a buffer under autograd.
+* The loops run in inference mode with one intra-op thread (small steps, CPU).
 
 Padding (``Δt = 0``) selects the old state, as the generic path does.
 """
@@ -330,7 +334,6 @@ class _Seq:
         sv = self.saved = {name: [] for name in _SAVED + _SAVED_MASKED} if save else None
         every = self.uu_every = 1 if UU.numel() * UU.element_size() * self.T <= _UU_BUDGET else _UU_EVERY
         self.auxes = [] if aux else None
-        hom = None
         with _serial(self.xs.device, self.work):
             for i in range(self.T):
                 hU = torch.bmm(h.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
