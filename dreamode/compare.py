@@ -118,8 +118,8 @@ def load_split(settings: CompareSettings) -> tuple[list[IrregularSeries], list[I
     train, test = standardize(train, test)
     scale = settings.time_scale
     if scale is None:
-        gaps = np.concatenate([np.diff(np.asarray(s.times, dtype=np.float64)) for s in train if len(s.times) > 1])
-        scale = 0.1 / float(np.median(gaps)) if len(gaps) else 1.0
+        gap = _median_gap(train)
+        scale = 0.1 / gap if gap else 1.0
     train = [s._replace(times=torch.as_tensor(s.times, dtype=torch.float64) * scale) for s in train]
     test = [s._replace(times=torch.as_tensor(s.times, dtype=torch.float64) * scale) for s in test]
     settings.time_scale = scale
@@ -266,7 +266,7 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, log: Callable[[s
         )
 
     log("sub-step sweep")
-    gap = _median_gap(test)  # test times are already scaled
+    gap = _median_gap(test) or 1.0  # test times are already scaled
     sweep: dict[str, dict[str, Any]] = {}
     for name in SWEEP_METHODS:
         steps, errors, nfes = [], [], []
@@ -295,9 +295,10 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, log: Callable[[s
     return report
 
 
-def _median_gap(series: list[IrregularSeries]) -> float:
-    gaps = np.concatenate([np.diff(np.asarray(s.times, dtype=np.float64)) for s in series if len(s.times) > 1])
-    return float(np.median(gaps)) if len(gaps) else 1.0
+def _median_gap(series: list[IrregularSeries]) -> float | None:
+    """Median time between consecutive observations (``None`` when no series has two)."""
+    diffs = [np.diff(np.asarray(s.times, dtype=np.float64)) for s in series if len(s.times) > 1]
+    return float(np.median(np.concatenate(diffs))) if diffs else None
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

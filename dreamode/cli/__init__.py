@@ -36,18 +36,14 @@ def build_parser() -> Parser:
 
 
 def _add_compare(sub: Any) -> None:
-    """``dreamode compare``, when the compare module (and its dependencies) imports."""
-    try:
-        from .. import compare
-    except ImportError:  # pragma: no cover - optional dependency missing
-        return
-    if not (hasattr(compare, "add_arguments") and hasattr(compare, "main_from_args")):
-        return  # pragma: no cover
+    """``dreamode compare``: the options and runner live in `dreamode.compare`."""
+    from .. import compare
+
     p = sub.add_parser(
         "compare",
         help="one trained field through every discretisation (accuracy study)",
         description="Train the DREAM field once with the Euler rule, then run it through every solver.",
-        epilog=getattr(compare, "EXAMPLES", None),
+        epilog=compare.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_arguments(p)
