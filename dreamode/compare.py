@@ -34,6 +34,7 @@ from .data import (
     read_long_csv,
     standardize,
 )
+from .data._time import median_gap
 from .datasets import load_dataset
 
 #: methods of the default comparison: name shown -> DREAM keyword arguments
@@ -81,7 +82,7 @@ class MethodResult:
     mean_dev_euler: float
     accuracy: float
     nfe: int
-    steps: int
+    steps: int | None
     wall_s: float
     parted_fraction: float
     parted_median_step: float | None
@@ -118,7 +119,7 @@ def load_split(settings: CompareSettings) -> tuple[list[IrregularSeries], list[I
     train, test = standardize(train, test)
     scale = settings.time_scale
     if scale is None:
-        gap = _median_gap(train)
+        gap = median_gap(train)
         scale = 0.1 / gap if gap else 1.0
     train = [s._replace(times=torch.as_tensor(s.times, dtype=torch.float64) * scale) for s in train]
     test = [s._replace(times=torch.as_tensor(s.times, dtype=torch.float64) * scale) for s in test]
@@ -178,7 +179,7 @@ def _run(enc: DREAM, head: torch.nn.Linear, batch: IrregularBatch, backward: boo
         "tau": trace.tau.detach(),
         "logits": logits.detach(),
         "nfe": stats.nfe,
-        "steps": stats.steps,
+        "steps": stats.steps or None,  # scipy's solve_ivp does not report its steps
         "wall_s": wall,
     }
 
@@ -266,7 +267,7 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, log: Callable[[s
         )
 
     log("sub-step sweep")
-    gap = _median_gap(test) or 1.0  # test times are already scaled
+    gap = median_gap(test) or 1.0  # test times are already scaled
     sweep: dict[str, dict[str, Any]] = {}
     for name in SWEEP_METHODS:
         steps, errors, nfes = [], [], []
@@ -293,12 +294,6 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, log: Callable[[s
     (out / "compare.json").write_text(json.dumps(report, indent=2))
     log(table(report))
     return report
-
-
-def _median_gap(series: list[IrregularSeries]) -> float | None:
-    """Median time between consecutive observations (``None`` when no series has two)."""
-    diffs = [np.diff(np.asarray(s.times, dtype=np.float64)) for s in series if len(s.times) > 1]
-    return float(np.median(np.concatenate(diffs))) if diffs else None
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

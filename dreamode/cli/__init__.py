@@ -1,4 +1,4 @@
-"""The ``dreamode`` command line: ``dreamode bench``, ``dreamode solvers``, ``dreamode compare``.
+"""The ``dreamode`` command line: ``dreamode bench``, ``solvers``, ``compare`` and ``fit``.
 
 Installed as the console script ``dreamode`` (``[project.scripts]``); ``python -m dreamode`` is the
 same. Every subcommand reports a bad option as one line, ``dreamode <cmd>: error: ...``, and exits
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     bench.add_parser(sub)
     solvers_cmd.add_parser(sub)
     _add_compare(sub)
+    _add_fit(sub)
     return parser
 
 
@@ -52,6 +53,29 @@ def _add_compare(sub: Any) -> None:
         try:
             return compare.main_from_args(a)
         except (ValueError, FileNotFoundError) as exc:
+            p.error(str(exc))
+
+    p.set_defaults(func=run)
+
+
+def _add_fit(sub: Any) -> None:
+    """``dreamode fit``: the options and runner live in `dreamode.fit`."""
+    from .. import fit
+    from ..checkpoint import CheckpointError
+
+    p = sub.add_parser(
+        "fit",
+        help="train on a built-in data set or a CSV (classification or forecasting)",
+        description="Train a DREAM model with validation, early stopping, checkpoints and exact resume.",
+        epilog=fit.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_arguments(p)
+
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return fit.main_from_args(a)
+        except (ValueError, FileNotFoundError, ImportError, CheckpointError) as exc:
             p.error(str(exc))
 
     p.set_defaults(func=run)
