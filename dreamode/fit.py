@@ -62,7 +62,7 @@ class FitSettings:
     epochs: int = 30
     lr: float = 1e-2
     batch_size: int = 32
-    patience: int = 5  # epochs without validation improvement before stopping; 0 = never stop early
+    patience: int = 10  # epochs without validation improvement before stopping; 0 = never stop early
     val_fraction: float = 0.2
     drop: float = 0.0
     time_scale: float | None = None  # None: median observation gap -> 0.1 (DREAM's time_step)

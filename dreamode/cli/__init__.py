@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any, NoReturn
 
 
@@ -22,6 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The parser with every subcommand."""
+    from .. import compare, fit
     from . import bench, solvers_cmd
 
     parser = Parser(
@@ -31,51 +33,43 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     bench.add_parser(sub)
     solvers_cmd.add_parser(sub)
-    _add_compare(sub)
-    _add_fit(sub)
+    _add_job(
+        sub,
+        "compare",
+        compare,
+        help="one trained field through every discretisation (accuracy study)",
+        description="Train the DREAM field once with the Euler rule, then run it through every solver.",
+    )
+    _add_job(
+        sub,
+        "fit",
+        fit,
+        help="train on a built-in data set or a CSV (classification or forecasting)",
+        description="Train a DREAM model with validation, early stopping, checkpoints and exact resume.",
+    )
     return parser
 
 
-def _add_compare(sub: Any) -> None:
-    """``dreamode compare``: the options and runner live in `dreamode.compare`."""
-    from .. import compare
+#: user mistakes a job reports as one line (CheckpointError is a ValueError; ImportError: a missing extra)
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
+
+def _add_job(sub: Any, name: str, module: ModuleType, help: str, description: str) -> None:
+    """A subcommand whose options (``add_arguments``), examples (``EXAMPLES``) and runner
+    (``main_from_args``) live in ``module``; a user mistake becomes one line and exit status 2."""
     p = sub.add_parser(
-        "compare",
-        help="one trained field through every discretisation (accuracy study)",
-        description="Train the DREAM field once with the Euler rule, then run it through every solver.",
-        epilog=compare.EXAMPLES,
+        name,
+        help=help,
+        description=description,
+        epilog=module.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_arguments(p)
+    module.add_arguments(p)
 
     def run(a: argparse.Namespace) -> int:
         try:
-            return compare.main_from_args(a)
-        except (ValueError, FileNotFoundError) as exc:
-            p.error(str(exc))
-
-    p.set_defaults(func=run)
-
-
-def _add_fit(sub: Any) -> None:
-    """``dreamode fit``: the options and runner live in `dreamode.fit`."""
-    from .. import fit
-    from ..checkpoint import CheckpointError
-
-    p = sub.add_parser(
-        "fit",
-        help="train on a built-in data set or a CSV (classification or forecasting)",
-        description="Train a DREAM model with validation, early stopping, checkpoints and exact resume.",
-        epilog=fit.EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fit.add_arguments(p)
-
-    def run(a: argparse.Namespace) -> int:
-        try:
-            return fit.main_from_args(a)
-        except (ValueError, FileNotFoundError, ImportError, CheckpointError) as exc:
+            return module.main_from_args(a)
+        except USER_ERRORS as exc:
             p.error(str(exc))
 
     p.set_defaults(func=run)
