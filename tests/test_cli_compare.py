@@ -42,6 +42,9 @@ def test_json_schema(run):
     assert set(rep["sweep"]) == {"euler", "midpoint", "heun", "rk4"}
     # the Euler rule is first order: its sweep error halves with the step (slope about 1)
     assert 0.8 < rep["sweep"]["euler"]["order"] < 1.3
+    for sw in rep["sweep"].values():
+        assert len(sw["max_error"]) == len(sw["mean_error"]) == len(sw["nfe"]) == 2
+        assert all(m <= e for m, e in zip(sw["mean_error"], sw["max_error"]))
 
 
 def test_checkpoint_of_a_run_is_reused(run, tmp_path):
