@@ -219,7 +219,8 @@ def _consts(cfg: Any, I: int, dtype: torch.dtype, device: torch.device) -> _Cons
     if c is None:
         if len(_CONST_CACHE) > 64:
             _CONST_CACHE.clear()
-        c = _CONST_CACHE[key] = _Consts(cfg, I, dtype, device)
+        with torch.inference_mode(False):  # ordinary tensors: the Runge-Kutta path uses them with autograd
+            c = _CONST_CACHE[key] = _Consts(cfg, I, dtype, device)
     return c
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import solvers
 
-from . import _fast_euler
+from . import _fast_euler, _fast_rk
 from ._field import DREAMField, FieldAux
 from ._path import SequencePath, StepPath
 from ._state import DREAMState
@@ -196,6 +196,11 @@ def integrate_layer(
     if integ.method == "euler" and integ.max_step is None and not trace and _fast_euler.sequence_applies(f, mask):
         out, z = _fast_euler.run_sequence(f, x, dt, mask, z, interpolation)
         return out, z, None, SolveStats(nfe=T, steps=T, per_step_nfe=[1] * T)
+    tab = integ.tableau
+    if tab is not None and integ.max_step is None and not trace and _fast_rk.applies(f, mask):
+        _warn_if_stiff(f, integ, dt)
+        out, z = _fast_rk.run_sequence(f, tab, x, dt, mask, z, interpolation)
+        return out, z, None, SolveStats(nfe=tab.stages * T, steps=T, per_step_nfe=[tab.stages] * T)
     path = SequencePath.build(interpolation, x, dt)
     stats = SolveStats()
     if integ.fixed_step:
@@ -227,17 +232,23 @@ def integrate_layer(
                 aux = f.evaluate(z, step_path.at(0.0), m)[1]
             ode = _StepODE(f, step_path, m, dt[:, i])
             extra = tuple(a for a in (*step_path.tensors(), dt) if a.requires_grad) if integ.adjoint else ()
-            sol = solvers.solve(
-                ode,
-                tuple(z),
-                unit,
-                method=integ.method,
-                adjoint=integ.adjoint,
-                rtol=integ.rtol,
-                atol=integ.atol,
-                options=integ.options,
-                adjoint_params=extra,
-            )
+            try:
+                sol = solvers.solve(
+                    ode,
+                    tuple(z),
+                    unit,
+                    method=integ.method,
+                    adjoint=integ.adjoint,
+                    rtol=integ.rtol,
+                    atol=integ.atol,
+                    options=integ.options,
+                    adjoint_params=extra,
+                )
+            except solvers.SolverError as err:
+                raise solvers.SolverError(
+                    f"DREAM: the solve of step {i} (into observation {i}; its t is the fraction u in [0, 1] "
+                    f"of each sample's interval) failed: {err}"
+                ) from None
             z = DREAMState(*(y[-1] for y in sol.ys))
             stats.nfe += sol.stats.nfe or 0
             stats.steps += sol.stats.steps or 0

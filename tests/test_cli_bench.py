@@ -43,11 +43,23 @@ def test_bench_tiny_writes_json(tmp_path):
 def test_bench_all_solvers_quick(tmp_path, capsys):
     out = tmp_path / "b.json"
     argv = ["bench", *TINY, *ADAPTIVE, "--quick", "--quiet", "--out", str(out)]
-    argv += ["--models", "dream-euler", "dream-rk4", "dream-dopri5", "dream-dopri5-adjoint", "lstm"]
+    argv += [
+        "--models",
+        "dream-euler",
+        "dream-rk4",
+        "dream-rk4-generic",
+        "dream-dopri5",
+        "dream-dopri5-adjoint",
+        "lstm",
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     rows = {r["model"]: r for r in report["results"]}
-    assert rows["dream-dopri5"]["steps"] == 2 and rows["dream-rk4"]["steps"] == 3
+    # rk4 has a fast path: full length; the generic (unfused) variant runs --slow-steps
+    assert rows["dream-dopri5"]["steps"] == 2 and rows["dream-rk4"]["steps"] == 4
+    assert rows["dream-rk4-generic"]["steps"] == 3
+    assert rows["dream-euler"]["train_vs_euler"] == 1.0 and rows["dream-rk4"]["forward_vs_euler"] > 0
+    assert rows["lstm"]["forward_vs_euler"] is None
     assert all(r["peak_mb"] is None for r in rows.values())  # --quick skips the memory probes
     assert "dream-dopri5-adjoint" in capsys.readouterr().out
 
@@ -59,6 +71,18 @@ def test_adjoint_memory_study(tmp_path):
     study = json.loads(out.read_text())["adjoint_memory"]
     assert [(a["model"], a["steps"]) for a in study] == [("dream-dopri5", 3), ("dream-dopri5-adjoint", 3)]
     assert all(a["peak_mb"] is not None for a in study)
+    assert all(a["outputs_mb"] > 0 for a in study)
+
+
+def test_adjoint_memory_direct_max_skips_the_long_direct_probe(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    argv = ["bench", *TINY, "--skip-timing", "--adjoint-memory", "2", "3", "--adjoint-memory-direct-max", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    study = {(a["model"], a["steps"]): a for a in json.loads(out.read_text())["adjoint_memory"]}
+    assert study[("dream-dopri5", 2)]["peak_mb"] is not None
+    assert study[("dream-dopri5", 3)]["peak_mb"] is None and study[("dream-dopri5", 3)]["note"] == "skipped"
+    assert study[("dream-dopri5-adjoint", 3)]["peak_mb"] is not None
+    assert "skipped" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

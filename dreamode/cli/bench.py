@@ -35,7 +35,9 @@ MODELS = (
     "dream-euler-padded",
     "dream-euler-all",
     "dream-euler-generic",
+    "dream-midpoint",
     "dream-rk4",
+    "dream-rk4-generic",
     "dream-dopri5",
     "dream-dopri5-adjoint",
     "lstm",
@@ -45,8 +47,8 @@ MODELS = (
     "lstm-cell",
 )
 FORWARD_ONLY = ("dream-cell", "lstm-cell")
-SLOW = ("dream-euler-generic", "dream-rk4")  # the unfused path: --slow-steps, --slow-repeats
-DEFAULT_MODELS = tuple(m for m in MODELS if m != "dream-euler-generic")
+SLOW = ("dream-euler-generic", "dream-rk4-generic")  # the unfused path: --slow-steps, --slow-repeats
+DEFAULT_MODELS = tuple(m for m in MODELS if not m.endswith("-generic"))
 BASELINE = "lstm"
 MEMORY_METHOD = (
     "peak resident set size increase over one training step, in a fresh Python process per model: "
@@ -141,7 +143,7 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
         raise ValueError(name)
 
     def forward(x: Any) -> Any:
-        if name == "dream-euler-generic":  # the Euler rule through DREAMField.evaluate, step by step
+        if name.endswith("-generic"):  # through DREAMField.evaluate, step by step (no fast path)
             from dreamode._fast_euler import disabled
 
             with disabled():
@@ -404,13 +406,29 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
     report["results"] = [] if args.skip_timing else summarize(cases, args.clock)
     for T in args.adjoint_memory or []:
         for name in ("dream-dopri5", "dream-dopri5-adjoint"):
+            direct_max = getattr(args, "adjoint_memory_direct_max", None)
+            if name == "dream-dopri5" and direct_max is not None and T > direct_max:
+                log(f"[adjoint memory] {name} T={T}: skipped (--adjoint-memory-direct-max {direct_max})")
+                report["adjoint_memory"].append(
+                    {"model": name, "steps": T, "peak_mb": None, "seconds": 0.0, "note": "skipped"}
+                )
+                continue
             log(f"[adjoint memory] {name} T={T}")
             t0 = time.perf_counter()
             peak, note = measure_memory(
                 name, sizes, T, args.dtype, args.threads, args.rtol, args.atol, args.memory_timeout
             )
+            # what any method must keep: the outputs h(t_i) and their gradient
+            outputs_mb = 2 * sizes.batch * T * sizes.hidden_dim * (8 if args.dtype == "float64" else 4) / 2**20
             report["adjoint_memory"].append(
-                {"model": name, "steps": T, "peak_mb": peak, "seconds": time.perf_counter() - t0, "note": note}
+                {
+                    "model": name,
+                    "steps": T,
+                    "peak_mb": peak,
+                    "outputs_mb": outputs_mb,
+                    "seconds": time.perf_counter() - t0,
+                    "note": note,
+                }
             )
     if hasattr(os, "getloadavg"):
         report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -450,9 +468,13 @@ def summarize(cases: list[Case], clock: str) -> list[dict[str, Any]]:
         for key in ("forward", "train"):
             r[f"{key}_ratio"] = ratio(r, base, f"{key}_ms")
             r[f"{key}_ratio_cpu"] = ratio(r, base, f"{key}_cpu_ms")
-            r[f"{key}_vs_euler"] = ratio(r, euler, f"{key}_ms") if r["model"].startswith("dream-") else None
+            dream = r["model"].startswith("dream-")
+            r[f"{key}_vs_euler"] = ratio(r, euler, f"{key}_ms") if dream else None
+            r[f"{key}_vs_euler_cpu"] = ratio(r, euler, f"{key}_cpu_ms") if dream else None
         r["forward_ratio_shown"] = r["forward_ratio" if clock == "wall" else "forward_ratio_cpu"]
         r["train_ratio_shown"] = r["train_ratio" if clock == "wall" else "train_ratio_cpu"]
+        for key in ("forward", "train"):
+            r[f"{key}_vs_euler_shown"] = r[f"{key}_vs_euler" if clock == "wall" else f"{key}_vs_euler_cpu"]
     return rows
 
 
@@ -463,7 +485,17 @@ def _ms(v: float | None) -> float | None:
 def format_table(report: dict[str, Any]) -> str:
     clock = report["config"]["clock"]
     fw, tr = ("forward_ms", "train_ms") if clock == "wall" else ("forward_cpu_ms", "train_cpu_ms")
-    head = ["model", "T", f"forward ms ({clock})", f"train ms ({clock})", "forward ×LSTM", "train ×LSTM", "peak MB"]
+    head = [
+        "model",
+        "T",
+        f"forward ms ({clock})",
+        f"train ms ({clock})",
+        "forward ×LSTM",
+        "train ×LSTM",
+        "forward ×euler",
+        "train ×euler",
+        "peak MB",
+    ]
     body = []
     for r in report["results"]:
 
@@ -478,6 +510,8 @@ def format_table(report: dict[str, Any]) -> str:
                 f(r[tr], ".1f"),
                 f(r["forward_ratio_shown"], ".2f"),
                 f(r["train_ratio_shown"], ".2f"),
+                f(r.get("forward_vs_euler_shown"), ".2f"),
+                f(r.get("train_vs_euler_shown"), ".2f"),
                 f(r["peak_mb"], ".1f") if r["peak_mb"] is not None else ("-" if not r["note"] else "n/a"),
             ]
         )
@@ -489,22 +523,25 @@ def format_table(report: dict[str, Any]) -> str:
         for b in body:
             lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(b, widths))))
         lines.append(
-            "ratios: per observation step, to nn.LSTM (cells: to nn.LSTMCell); peak MB: one training step, "
-            "fresh process"
+            "ratios: per observation step, to nn.LSTM (cells: to nn.LSTMCell) and to DREAM's default Euler "
+            "path; peak MB: one training step, fresh process"
         )
     if report["adjoint_memory"]:
         lines.append("")
-        lines.append("adjoint memory (peak MB of one training step, dopri5):")
-        lines.append(f"{'T':>7}  {'direct':>10}  {'adjoint':>10}")
+        lines.append("adjoint memory (peak MB of one training step, dopri5; outputs: h(t_i) and its gradient):")
+        lines.append(f"{'T':>7}  {'direct':>10}  {'adjoint':>10}  {'outputs':>10}")
         by_t: dict[int, dict[str, Any]] = {}
         for a in report["adjoint_memory"]:
             by_t.setdefault(a["steps"], {})[a["model"]] = a["peak_mb"]
+            by_t[a["steps"]]["outputs"] = a.get("outputs_mb")
         for T, d in by_t.items():
 
             def g(v: Any) -> str:
                 return "n/a" if v is None else f"{v:.1f}"
 
-            lines.append(f"{T:>7}  {g(d.get('dream-dopri5')):>10}  {g(d.get('dream-dopri5-adjoint')):>10}")
+            lines.append(
+                f"{T:>7}  {g(d.get('dream-dopri5')):>10}  {g(d.get('dream-dopri5-adjoint')):>10}  {g(d.get('outputs')):>10}"
+            )
     m = report["machine"]
     lines.append("")
     lines.append(
@@ -579,10 +616,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--slow-steps",
         type=_positive_int,
         default=25,
-        help="sequence length for rk4 and dream-euler-generic, the unfused path (default: %(default)s)",
+        help="sequence length for dream-euler-generic and dream-rk4-generic, the unfused path (default: %(default)s)",
     )
     p.add_argument(
-        "--slow-repeats", type=_positive_int, default=1, help="repetitions of rk4 and dream-euler-generic (default: 1)"
+        "--slow-repeats", type=_positive_int, default=1, help="repetitions of the -generic models (default: 1)"
     )
     p.add_argument("--rtol", type=_positive_float, default=1e-3, help="dopri5 relative tolerance (default: 1e-3)")
     p.add_argument("--atol", type=_positive_float, default=1e-4, help="dopri5 absolute tolerance (default: 1e-4)")
@@ -592,8 +629,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=MODELS,
         default=list(DEFAULT_MODELS),
         metavar="MODEL",
-        help=f"models to run, of {', '.join(MODELS)} (default: all but dream-euler-generic, the Euler rule "
-        "without the fast path; cfc only when ncps is installed)",
+        help=f"models to run, of {', '.join(MODELS)} (default: all but the -generic ones, the same rules "
+        "without the fast paths; cfc only when ncps is installed)",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")
@@ -608,6 +645,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         nargs="+",
         metavar="T",
         help="also measure the peak memory of dopri5 direct and adjoint at these lengths (slow)",
+    )
+    p.add_argument(
+        "--adjoint-memory-direct-max",
+        type=_positive_int,
+        default=None,
+        metavar="T",
+        help="skip the direct (non-adjoint) probe above this length (it keeps every stage: GBs)",
     )
     p.add_argument("--skip-timing", action="store_true", help="only the --adjoint-memory study")
     p.add_argument("--memory-timeout", type=_positive_float, default=1800.0, help="seconds per memory probe")

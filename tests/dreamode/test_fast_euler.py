@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from dreamode import DREAM, DREAMCell, DREAMState
 from dreamode import _fast_euler as fe
+from dreamode import _fast_rk as frk
 
 F64 = torch.float64
 TOL = 1e-12
@@ -31,8 +32,8 @@ I, H, R = 5, 7, 3
 @contextlib.contextmanager
 def counting():
     """Counts the sequences and single steps that go through the fast path."""
-    calls = {"seq": 0, "step": 0}
-    run_sequence, step = fe.run_sequence, fe.step
+    calls = {"seq": 0, "step": 0, "rk": 0}
+    run_sequence, step, run_rk = fe.run_sequence, fe.step, frk.run_sequence
 
     def seq(*a, **k):
         calls["seq"] += 1
@@ -42,11 +43,15 @@ def counting():
         calls["step"] += 1
         return step(*a, **k)
 
-    fe.run_sequence, fe.step = seq, one
+    def rk(*a, **k):
+        calls["rk"] += 1
+        return run_rk(*a, **k)
+
+    fe.run_sequence, fe.step, frk.run_sequence = seq, one, rk
     try:
         yield calls
     finally:
-        fe.run_sequence, fe.step = run_sequence, step
+        fe.run_sequence, fe.step, frk.run_sequence = run_sequence, step, run_rk
 
 
 def _model(seed=0, num_layers=1, **kw) -> DREAM:
@@ -106,7 +111,7 @@ def _run(model, x, dt, mask, lengths, state0, fast: bool):
         s0 = None if state0 is None else DREAMState(*inputs[2:])
         out, state = model(inputs[0], s0, dt=inputs[1], mask=mask, lengths=lengths)
         grads = torch.autograd.grad(_loss(out, state), (*inputs, *model.parameters()), allow_unused=True)
-    assert (calls["seq"] > 0) == fast, calls
+    assert (calls["seq"] + calls["rk"] > 0) == fast, calls
     state = state[-1] if isinstance(state, list) else state
     return out.detach(), DREAMState(*(c.detach() for c in state)), grads
 
@@ -146,6 +151,107 @@ def test_fast_equals_generic_values_and_gradients(name, masked, padded):
             assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
 
 
+RK_CASES = {k: CASES[k] for k in ("default", "ltc_off", "both_off", "sleep_off", "tau_clamped", "linear", "cubic")}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", list(RK_CASES))
+@pytest.mark.parametrize("method", ["rk4", "midpoint", "heun"])
+def test_fast_runge_kutta_equals_generic_values_and_gradients(method, name, masked, padded):
+    """The fused fixed-step Runge-Kutta path (dreamode/_fast_rk.py) against the generic one."""
+    model = _model(solver=method, **RK_CASES[name])
+    x, dt, mask = _data()
+    lengths = torch.tensor([24, 11, 1, 17]) if padded else None
+    state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
+    o1, s1, g1 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=True)
+    o2, s2, g2 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=False)
+    assert rel_dev(o1, o2) <= TOL
+    for k in STATE_FIELDS:
+        assert rel_dev(getattr(s1, k), getattr(s2, k)) <= TOL, k
+    names = ["x", "dt"] + ([] if state0 is None else [f"state.{k}" for k in STATE_FIELDS])
+    names += [n for n, _ in model.named_parameters()]
+    for n, a, b in zip(names, g1, g2):
+        assert (a is None) == (b is None), n
+        if a is not None:
+            assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
+
+
+@pytest.mark.parametrize("method", ["rk4", "heun"])
+def test_fast_runge_kutta_without_gradient_equals_generic(method):
+    model = _model(solver=method, base_plasticity=2.0)
+    x, dt, mask = _data()
+    lengths = torch.tensor([24, 11, 1, 17])
+    res = []
+    for fast in (True, False):
+        ctx = contextlib.nullcontext() if fast else fe.disabled()
+        with ctx, counting() as calls, torch.no_grad():
+            out, state = model(x, dt=dt, mask=mask, lengths=lengths)
+        assert (calls["rk"] == 1) == fast
+        assert not out.is_inference() and not any(c.is_inference() for c in state)
+        res.append((out, state))
+    (o1, s1), (o2, s2) = res
+    assert rel_dev(o1, o2) <= TOL
+    for k in STATE_FIELDS:
+        assert rel_dev(getattr(s1, k), getattr(s2, k)) <= TOL, k
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_gradcheck_through_the_fast_runge_kutta_path(masked):
+    """torch.autograd.gradcheck of the hand-written rk4 backward (tiny, float64)."""
+    torch.manual_seed(0)
+    model = DREAM(3, 4, rank=2, dtype=F64, solver="rk4", base_plasticity=2.0, ltc_tau_sys=1.0)
+    g = torch.Generator().manual_seed(1)
+    B, T = 3, 4
+    x = 2 * torch.randn(B, T, 3, generator=g, dtype=F64)
+    dt = 0.05 + 0.15 * torch.rand(B, T, generator=g, dtype=F64)
+    mask = (torch.rand(B, T, 3, generator=g) > 0.3).to(F64) if masked else None
+    lengths = torch.tensor([4, 2, 3])
+    init = model.init_state(B)
+    U0 = torch.randn(B, 4, 2, generator=g, dtype=F64)
+    U0 = 3.0 * U0 / U0.flatten(1).norm(dim=1)[:, None, None]  # ‖U‖ > target_norm: homeostasis acts
+    s0 = (0.3 * torch.randn(B, 4, generator=g, dtype=F64), U0, 0.1 * U0, init.error_mean, init.error_var)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone() for p in model.parameters())
+
+    def f(x, dt, h0, U0, Ut0, em0, ev0, *ps):
+        state = DREAMState(h0, U0, Ut0, em0, ev0, init.avg_surprise, init.adaptive_tau)
+        out, st = functional_call(model, dict(zip(names, ps)), (x, state), dict(dt=dt, mask=mask, lengths=lengths))
+        return out, st.U, st.U_target, st.error_var, st.avg_surprise, st.adaptive_tau
+
+    inputs = tuple(t.clone().requires_grad_() for t in (x, dt, *s0, *params))
+    with counting() as calls:
+        assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert calls["rk"] > 0
+
+
+def test_fast_runge_kutta_is_one_node_and_retains_its_graph_on_request():
+    def nodes(T: int) -> int:
+        model = _model(solver="rk4")
+        x = torch.randn(2, T, I, dtype=F64, requires_grad=True)
+        out, _ = model(x)
+        seen, todo = set(), [out.grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            todo.extend(nxt for nxt, _ in fn.next_functions)
+        return len(seen)
+
+    assert nodes(3) == nodes(40)
+    model = _model(solver="rk4")
+    x, dt, _ = _data(T=6)
+    x.requires_grad_()
+    out, _ = model(x, dt=dt)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    out.sum().backward()
+    assert rel_dev(x.grad, 2 * first) <= TOL
+    with pytest.raises(RuntimeError, match="second time"):
+        out.sum().backward()
+
+
 def test_recomputed_fast_weights_in_the_backward(monkeypatch):
     """Long sequences keep U only every few steps; the backward recomputes the rest exactly."""
     monkeypatch.setattr(fe, "_UU_BUDGET", 0)
@@ -162,8 +268,9 @@ def test_recomputed_fast_weights_in_the_backward(monkeypatch):
             assert rel_dev(a, b) <= TOL
 
 
-def test_two_layers_with_dropout_match_the_generic_path():
-    model = _model(num_layers=2, dropout=0.0)
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_two_layers_with_dropout_match_the_generic_path(solver):
+    model = _model(num_layers=2, dropout=0.0, solver=solver)
     x, dt, mask = _data()
     o1, s1, g1 = _run(model, x, dt, mask, None, None, fast=True)
     o2, s2, g2 = _run(model, x, dt, mask, None, None, fast=False)
