@@ -146,7 +146,7 @@ class DREAMField(nn.Module):
 
         # 1. prediction through the fast weights: x̂ = tanh(h (C + U Vᵀ))
         hU = torch.bmm(h.unsqueeze(1), U).squeeze(1)  # (B, R)
-        prediction = torch.tanh(h @ self.C + hU @ self.V.T)
+        prediction = torch.tanh(h @ self.C + hU @ self.V.t())
 
         # 2. imputation and error
         if mask is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +15,33 @@ from ._checks import check_finite, check_like, check_state, check_tensor
 from ._config import DREAMConfig
 from ._errors import unknown_name_message
 from ._field import DREAMField
-from ._integrate import LTC_FUSED, Integrator, SolveStats, integrate_layer
+from ._integrate import LTC_FUSED, Integrator, SolveStats, explicit_step_limit, integrate_layer
 from ._path import INTERPOLATIONS
 from ._state import DREAMState
 from ._trace import Trace
 
 StateArg = DREAMState | Sequence[DREAMState] | None
+
+_FULL = (torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_dtype(where: str, dtype: torch.dtype, integ: Integrator) -> None:
+    """float32/float64 on every solver; float16/bfloat16 on the fixed-step ones only."""
+    if dtype in _FULL or (dtype in _HALF and integ.fixed_step):
+        return
+    fixed = [n for n in solvers.available() if issubclass(solvers.get(n).solver, solvers.FixedStepSolver)]
+    fixed = ", ".join([*fixed, LTC_FUSED])
+    if dtype not in _HALF:
+        raise TypeError(
+            f"{where}: dtype {dtype} is not supported; use torch.float32 or torch.float64 "
+            f"(torch.float16 and torch.bfloat16 with the fixed-step solvers {fixed})"
+        )
+    raise TypeError(
+        f"{where}: solver {integ.method!r} does not support dtype {dtype} (an adaptive solver's error estimate "
+        f"drowns in its rounding; scipy computes in float64); use torch.float32 or torch.float64, or a "
+        f"fixed-step solver ({fixed}) in {dtype}"
+    )
 
 
 class DREAMStack(nn.Module):
@@ -41,6 +63,11 @@ class DREAMStack(nn.Module):
             fewest equal sub-steps not longer than ``max_step`` (time units).
         interpolation: input path between observations: ``"hold"``, ``"linear"`` or ``"cubic"``.
         solver_options: extra options passed to `solvers.solve` (adaptive/scipy solvers).
+        check_finite: after each forward, check the output and final state once (one host sync)
+            and raise `solvers.SolverError` naming the first non-finite step, sample and time.
+            ``False`` returns whatever the solve produced (e.g. to study a diverging solver).
+        dtype: float32 or float64 on every solver; float16 and bfloat16 with the fixed-step
+            solvers only (an adaptive solver's error control needs float32 or float64).
         **config_fields: any `DREAMConfig` field (``time_step``, ``ltc_tau_sys``, ...).
 
     Inputs: ``x, state=None, *, times=None, dt=None, mask=None, lengths=None, t0=None, return_trace=False``
@@ -77,6 +104,7 @@ class DREAMStack(nn.Module):
         max_step: float | None = None,
         interpolation: str = "hold",
         solver_options: dict[str, Any] | None = None,
+        check_finite: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **config_fields: Any,
@@ -122,6 +150,9 @@ class DREAMStack(nn.Module):
                 f"{where}: unexpected keyword argument(s) {sorted(unknown)}; DREAMConfig fields are "
                 f"{', '.join(DREAMConfig.field_names()[3:])}"
             )
+        self.integrator = Integrator(solver, max_step, rtol, atol, adjoint, dict(solver_options or {}))
+        if dtype is not None:
+            _check_dtype(where, dtype, self.integrator)
         self.configs = []
         sizes = [input_dim, *hidden_dims]
         for i, h in enumerate(hidden_dims):
@@ -133,7 +164,9 @@ class DREAMStack(nn.Module):
         self.dropout = float(dropout)
         self.batch_first = batch_first
         self.interpolation = interpolation
-        self.integrator = Integrator(solver, max_step, rtol, atol, adjoint, dict(solver_options or {}))
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"{where}: check_finite must be a bool, got {check_finite!r}")
+        self.check_finite = check_finite
         self.solve_stats: list[SolveStats] = []
 
     @property
@@ -175,6 +208,8 @@ class DREAMStack(nn.Module):
             parts.append(f"interpolation={self.interpolation!r}")
         if self.dropout:
             parts.append(f"dropout={self.dropout}")
+        if not self.check_finite:
+            parts.append("check_finite=False")
         if not self.batch_first:
             parts.append("batch_first=False")
         defaults = DREAMConfig(self.input_dim, self.hidden_dims[0], self.rank)
@@ -208,6 +243,7 @@ class DREAMStack(nn.Module):
                 f"{where}: expected x with input_dim={self.input_dim} features (last axis), got {x.shape[-1]}"
             )
         check_like(where, "x", x, ref)
+        _check_dtype(where, ref.dtype, self.integrator)
         check_finite(where, "x", x)
 
         def to_batch_major(name: str, v: Tensor | None, feature_axis: bool) -> Tensor | None:
@@ -224,12 +260,14 @@ class DREAMStack(nn.Module):
         if T == 0:
             raise ValueError(f"{where}: x has no time steps (T = 0)")
         valid, lengths_t = self._valid(where, lengths, B, T, unbatched, x.device)
-        step = self._steps(where, times, dt, t0, valid, B, T, unbatched, to_batch_major, x.device)
-        step = torch.where(valid, step, torch.zeros_like(step)).to(ref.dtype)
+        step64 = self._steps(where, times, dt, t0, valid, B, T, unbatched, to_batch_major, x.device)
+        step64 = torch.where(valid, step64, torch.zeros_like(step64))
+        step = step64.to(ref.dtype)
         maskb = self._mask(where, mask, xb, unbatched, to_batch_major)
         states = self._states(where, state, B, unbatched)
 
         out = xb
+        layer_outs: list[Tensor] = []
         new_states: list[DREAMState] = []
         traces: list[Trace] = []
         self.solve_stats = []
@@ -246,10 +284,13 @@ class DREAMStack(nn.Module):
                 interpolation=self.interpolation,
                 trace=return_trace,
             )
+            layer_outs.append(out)
             new_states.append(s)
             self.solve_stats.append(stats)
             if tr is not None:
                 traces.append(tr)
+        if self.check_finite:
+            self._check_solution(where, layer_outs, new_states, valid, step64, times, to_batch_major, states)
         if lengths_t is not None:
             out = torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
@@ -263,6 +304,85 @@ class DREAMStack(nn.Module):
         if not return_trace:
             return out, state_out
         return out, state_out, traces[0] if self.num_layers == 1 else traces
+
+    # -- numerics ------------------------------------------------------------------------------
+
+    def _check_solution(
+        self,
+        where: str,
+        outs: list[Tensor],
+        states: list[DREAMState],
+        valid: Tensor,
+        step: Tensor,
+        times: Tensor | None,
+        to_batch_major: Any,
+        given: list[DREAMState] | None = None,
+    ) -> None:
+        """Raise `solvers.SolverError` if an output or a final state is not finite (one host sync).
+
+        The screen is one sum: a NaN or inf anywhere makes it non-finite (an overflowing sum of
+        finite values only sends it to the exact search below, which then finds nothing). The last
+        layer's output covers the steps (a non-finite value in a layer reaches every later layer's
+        ``h`` at the same step, and its own ``h`` by the next step); the final states cover the last.
+        """
+        acc = torch.float64 if outs[-1].dtype == torch.float64 else torch.float32
+        flat = torch.cat([c.detach().reshape(-1) for s in states for c in s])  # small: no per-step axis
+        if math.isfinite(float(outs[-1].detach().sum(dtype=acc) + flat.sum(dtype=acc))):
+            return
+        found = None  # (layer, step, sample)
+        for k, (o, s) in enumerate(zip(outs, states)):
+            bad = ~torch.isfinite(o).all(-1) & valid  # (B, T)
+            if bool(bad.any()):
+                i = int(bad.any(0).nonzero()[0, 0])
+                found = k, i, int(bad[:, i].nonzero()[0, 0])
+                break
+            bad_s = torch.stack([~torch.isfinite(c.reshape(c.shape[0], -1)).all(1) for c in s], 1)  # (B, 7)
+            if bool(bad_s.any()):
+                b = int(bad_s.any(1).nonzero()[0, 0])
+                found = k, int(valid[b].sum()) - 1, b
+                break
+        if found is None:
+            return  # the sum overflowed; every value is finite
+        k, i, b = found
+        if times is not None:
+            tb = to_batch_major("times", times, False)
+            tb = tb.unsqueeze(0) if tb.dim() == 1 else tb
+            when = f"t={float(tb[min(b, tb.shape[0] - 1), i]):.6g}"
+        else:
+            when = f"t={float(step[b, : i + 1].sum()):.6g} after the start of x"
+        layer = f" in layer {k}" if self.num_layers > 1 else ""
+        f = self.fields[k]
+        integ = self.integrator
+        for n, c in zip(DREAMState._fields, given[k] if given is not None else ()):
+            if not bool(torch.isfinite(c).all()):
+                label = "state" if self.num_layers == 1 else f"state[{k}]"
+                first = tuple((~torch.isfinite(c)).nonzero()[0].tolist())
+                raise ValueError(f"{where}: {label}.{n} contains NaN or inf (first at index {first})")
+        params = [n for n, p in f.named_parameters() if not bool(torch.isfinite(p).all())]
+        # the longest (sub-)step of this sample up to the failure
+        dts = step[b, : i + 1]
+        if integ.max_step is not None:
+            dts = dts / torch.clamp(torch.ceil(dts / integ.max_step * (1 - 1e-6)), min=1)
+        j = int(dts.argmax())
+        longest, limit = float(dts[j]), explicit_step_limit(f)
+        if params:
+            cause = f"the parameter(s) {', '.join(params)}{layer} are not finite (a diverged training step?)"
+        elif integ.tableau is not None and longest > limit:
+            cause = (
+                f"an explicit {integ.method!r} step of {longest:.4g} time units (step {j}), beyond the stability "
+                f"limit {limit:.4g} (see StiffStepWarning); use max_step={limit / 2:.4g}, solver='ltc-fused' or "
+                "an adaptive solver such as 'dopri5', or rescale the time axis"
+            )
+        else:
+            cause = (
+                f"values too large for {f.C.dtype} (overflow; are the inputs standardised?) or an unstable "
+                "step; try float64, max_step, solver='ltc-fused' or an adaptive solver"
+            )
+        raise solvers.SolverError(
+            f"{where}: the solution became non-finite (NaN/inf) at step {i} ({when}) of sample {b}{layer}; "
+            f"it arose inside the solve (the inputs are checked). Likely cause: {cause}. "
+            "(check_finite=False returns the raw output instead.)"
+        )
 
     # -- argument checks ---------------------------------------------------------------------
 

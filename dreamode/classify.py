@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import solvers
+
 from ._model import DREAM
 from .data import IrregularBatch
 
@@ -166,8 +168,9 @@ def train_classifier(
     Returns:
         ``{"loss": [...], "train_acc": [...], "val_acc": [...], "epoch_time": [...], "wall_time": s,
         "nonfinite_batches": n, "best_epoch": i or None}``. ``loss`` and ``train_acc`` are the means
-        over the epoch's batches (in training mode); a batch whose loss or gradient is not finite is
-        skipped (no update) and counted in ``nonfinite_batches``.
+        over the epoch's batches (in training mode); a batch whose forward solve fails
+        (``solvers.SolverError``, e.g. DREAM's check for NaN/inf) or whose loss or gradient is not
+        finite is skipped (no update) and counted in ``nonfinite_batches``.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"train_classifier: epochs must be a non-negative int, got {epochs!r}")
@@ -196,7 +199,12 @@ def train_classifier(
         total_loss, total_correct, total_seen, finite_seen = 0.0, 0, 0, 0
         for batch in train_loader:
             labels = _labels(batch, "train_classifier")
-            logits = model(batch)
+            try:
+                logits = model(batch)
+            except solvers.SolverError:  # a solve that blew up (DREAM's finite check) or failed
+                history["nonfinite_batches"] += 1
+                total_seen += labels.shape[0]
+                continue
             labels = labels.to(logits.device)
             loss = loss_fn(logits, labels)
             optimizer.zero_grad(set_to_none=True)

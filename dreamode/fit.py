@@ -211,7 +211,9 @@ def load_splits(s: FitSettings) -> Splits:
 
 
 def build_model(s: FitSettings, splits: Splits) -> nn.Module:
-    kw: dict[str, Any] = {"solver": s.solver, "num_layers": s.num_layers, "max_step": s.max_step}
+    # A non-finite batch is skipped and counted (all processes see the same NaN gradients after
+    # the all-reduce, so they skip together) rather than raised by the model's own check.
+    kw: dict[str, Any] = {"solver": s.solver, "num_layers": s.num_layers, "max_step": s.max_step, "check_finite": False}
     if splits.task == "classify":
         return SequenceClassifier(splits.input_dim, int(splits.num_classes or 1), s.hidden_dim, s.rank, **kw)
     return Forecaster(splits.input_dim, s.hidden_dim, s.rank, **kw)
@@ -453,6 +455,7 @@ def _train(
         say(
             f"epoch {epoch + 1}/{s.epochs} loss {entry['train_loss']:.4f} {key.replace('_', ' ')} {entry[key]:.4f}"
             + (" *" if improved else "")
+            + (f" [{skipped} non-finite batches skipped]" if skipped else "")
             + f" ({entry['time_s']:.1f} s)"
         )
     return bool(s.patience and run["bad_epochs"] >= s.patience)

@@ -166,6 +166,18 @@ def test_nonfinite_batches_are_skipped_and_counted():
     assert evaluate(model, loader) == 0.0
 
 
+def test_a_dream_solve_that_blows_up_is_skipped_and_counted():
+    """DREAM raises SolverError on a non-finite solution; training skips that batch, as it does a NaN loss."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(I, K, hidden_dim=4, rank=2)
+    huge = [IrregularSeries(s.times, s.values * 1e30, s.label) for s in make_series(4)]  # overflows float32
+    loader = DataLoader(SeriesDataset(huge + make_series(4)), batch_size=4, collate_fn=collate_series)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = train_classifier(model, loader, epochs=1)
+    assert history["nonfinite_batches"] == 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the good batch trained
+
+
 def test_count_parameters():
     model = GRUDelta(I, K, 4)
     assert count_parameters(model) == 3 * ((2 * I + 1) * 4 + 4 * 4 + 2 * 4) + 4 * K + K
