@@ -1,19 +1,31 @@
-"""DREAM (euler, rk4, dopri5) against GRU-Δt, GRU-D and LSTM-ffill on JapaneseVowels with 0/30/50/70%
-of the observations dropped (the Neural CDE protocol), several seeds.
+"""DREAM (euler, rk4, dopri5) against GRU-Δt, GRU-D and LSTM-ffill on JapaneseVowels (or PLAID) with
+0/30/50/70% of the observations dropped (the Neural CDE protocol), several seeds.
 
 Run (the command behind docs/results/irregular_japanese_vowels.md; see docs/irregular.md):
 
     python examples/irregular_classification.py --out-dir docs/results
 
+PLAID (needs sktime: ``pip install 'dreamode[sktime]'``; docs/results/irregular_plaid.md has the
+exact commands behind its table):
+
+    python examples/irregular_classification.py --data plaid --epochs 40 --drop-rates 0 0.5 --out-dir docs/results
+
 Quick smoke run (seconds): ``python examples/irregular_classification.py --quick --out-dir /tmp/jv``.
 
-Protocol: the shipped UEA train/test split (270/370 series). For each drop rate ``p`` one fixed
-draw of :func:`dreamode.data.drop_observations` removes ``floor(p·L)`` time points of every series
-(seed 0 for the training series, 1 for the test series), the same for every model and seed; inputs
-are standardised with training statistics; frame ``k`` is placed at time ``k · time_unit``
-(default 0.1 = DREAM's ``time_step``, the spacing its default rates assume). Each model seed fixes
-the initialisation and the shuffling. No model selection on the test set: the model after the last
-epoch is evaluated once.
+Protocol: the archive's train/test split (JapaneseVowels: UEA, 270/370 series, shipped with
+dreamode; PLAID: UCR, 537/537 series, from sktime's copy). PLAID series (100-1344 samples) are
+first averaged over non-overlapping blocks of ``--downsample`` samples (default 8), which cuts the
+cost of every model by that factor and changes the task accordingly, and each is z-normalised by its
+own statistics (``--transform znorm``: the recordings' scales differ by orders of magnitude within a
+class). For each drop rate ``p`` one
+fixed draw of :func:`dreamode.data.drop_observations` removes ``floor(p·L)`` time points of every
+series (seed 0 for the training series, 1 for the test series), the same for every model and seed;
+inputs are standardised with training statistics; frame (block) ``k`` is placed at time
+``k · time_unit`` (default 0.1 = DREAM's ``time_step``, the spacing its default rates assume). Each
+model seed fixes the initialisation and the shuffling. No model selection on the test set: the model
+after the last epoch is evaluated once. ``--validation F`` instead holds out a stratified fraction
+``F`` of the training series (fixed seed) as the evaluation set and never loads the test set, for
+choosing hyperparameters.
 """
 
 from __future__ import annotations
@@ -38,9 +50,9 @@ from dreamode import StiffStepWarning
 from dreamode.baselines import make_baseline
 from dreamode.classify import SequenceClassifier, count_parameters, evaluate, train_classifier
 from dreamode.data import IrregularSeries, SeriesDataset, collate_series, drop_observations, standardize
-from dreamode.datasets import load_japanese_vowels
+from dreamode.datasets import load_japanese_vowels, load_plaid
 
-RESULT_NAME = "irregular_japanese_vowels"
+RESULT_NAME = "irregular_japanese_vowels"  # the JapaneseVowels results; see result_name()
 
 # name -> (label in the table, how to build it)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -57,7 +69,24 @@ DEFAULT_MODELS = ("dream-euler", "dream-rk4", "dream-dopri5", "gru-dt", "gru-d",
 DEFAULT_RATES = (0.0, 0.3, 0.5, 0.7)
 DEFAULT_SEEDS = (0, 1, 2)
 # What must agree for runs to be pooled (resume, merge); models, rates and seeds may differ.
-SETUP_KEYS = ("data", "epochs", "hidden", "rank", "lr", "batch_size", "time_unit", "quick", "drop_seeds")
+SETUP_KEYS = (
+    "data",
+    "epochs",
+    "hidden",
+    "rank",
+    "lr",
+    "batch_size",
+    "time_unit",
+    "quick",
+    "drop_seeds",
+    "dataset",
+    "downsample",
+    "validation",
+    "transform",
+)
+# Values of the keys added after the first JapaneseVowels results were recorded.
+SETUP_DEFAULTS = {"dataset": "japanese_vowels", "downsample": 1, "validation": 0.0, "transform": "none"}
+TRANSFORMS = ("none", "znorm")
 
 PUBLISHED = """\
 Published reference points (not produced by this script):
@@ -75,22 +104,123 @@ CharacterTrajectories is a different data set (20 classes, 3 channels, lengths 6
 are context for the effect of dropped observations, not a head-to-head comparison.
 """
 
+# name -> title, description (recorded in the config), loader, default --downsample, published context
+DATASETS: dict[str, dict[str, Any]] = {
+    "japanese_vowels": {
+        "title": "JapaneseVowels",
+        "description": "JapaneseVowels (UEA split, shipped with dreamode)",
+        "load": load_japanese_vowels,
+        "downsample": 1,
+        "transform": "none",
+        "published": PUBLISHED,
+    },
+    "plaid": {
+        "title": "PLAID",
+        "description": "PLAID (UCR split, sktime's copy)",
+        "load": load_plaid,
+        "downsample": 8,
+        "transform": "znorm",
+        "published": "",
+    },
+}
+
+
+def result_name(dataset: str = "japanese_vowels", validation: float = 0.0) -> str:
+    """File stem of the results: ``irregular_<dataset>``, with ``_validation`` when ``validation > 0``."""
+    return f"irregular_{dataset}" + ("_validation" if validation else "")
+
+
+def _setup(config: dict[str, Any], key: str) -> Any:
+    return config.get(key, SETUP_DEFAULTS.get(key))
+
 
 def _scale_times(series: list[IrregularSeries], unit: float) -> list[IrregularSeries]:
     return [IrregularSeries(s.times * unit, s.values, s.label) for s in series]
 
 
-def prepare_data(
-    p: float, time_unit: float = 0.1, *, quick: bool = False
+def block_mean(series: list[IrregularSeries], k: int) -> list[IrregularSeries]:
+    """Average each series over non-overlapping blocks of ``k`` consecutive points (the last block
+    may be shorter); block ``j`` gets time ``j``. ``k = 1`` returns the series unchanged. For
+    regularly sampled series whose times are ``0, 1, ..., L-1`` (both loaders' sample indices)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"block_mean: expected k to be a positive int, got {k!r}")
+    if k == 1:
+        return list(series)
+    out = []
+    for s in series:
+        L = s.values.shape[0]
+        n = -(-L // k)
+        pad = n * k - L
+        values = s.values.to(torch.float64)
+        sums = torch.nn.functional.pad(values.T, (0, pad)).reshape(values.shape[1], n, k).sum(-1).T
+        counts = torch.full((n, 1), float(k), dtype=torch.float64)
+        counts[-1] = k - pad
+        out.append(IrregularSeries(torch.arange(n, dtype=torch.float64), (sums / counts).to(s.values.dtype), s.label))
+    return out
+
+
+def znorm(series: list[IrregularSeries]) -> list[IrregularSeries]:
+    """Standardise every series by its own mean and standard deviation per channel, over the points
+    it has (the UCR convention; a constant channel is only centred). Removes each series' scale."""
+    out = []
+    for s in series:
+        values = s.values.to(torch.float64)
+        std = values.std(0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        out.append(IrregularSeries(s.times, ((values - values.mean(0)) / std).to(s.values.dtype), s.label))
+    return out
+
+
+def split_validation(
+    train: list[IrregularSeries], fraction: float, seed: int = 0
 ) -> tuple[list[IrregularSeries], list[IrregularSeries]]:
-    """JapaneseVowels train/test with a fraction ``p`` of each series' time points dropped (fixed
-    seeds 0/1), standardised with training statistics, frame ``k`` at time ``k · time_unit``."""
-    train, test = load_japanese_vowels("train"), load_japanese_vowels("test")
+    """Hold out ``round(fraction · n_k)`` series of every class ``k`` (at least one, chosen by a
+    generator seeded with ``seed``); returns ``(rest, held_out)``, each in the original order."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split_validation: expected fraction in (0, 1), got {fraction!r}")
+    generator = torch.Generator().manual_seed(seed)
+    held: set[int] = set()
+    for label in sorted({s.label for s in train}):
+        idx = [i for i, s in enumerate(train) if s.label == label]
+        n = max(1, round(fraction * len(idx)))
+        held.update(idx[j] for j in torch.randperm(len(idx), generator=generator)[:n].tolist())
+    return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
+
+
+def prepare_data(
+    p: float,
+    time_unit: float = 0.1,
+    *,
+    quick: bool = False,
+    dataset: str = "japanese_vowels",
+    downsample: int | None = None,
+    validation: float = 0.0,
+    transform: str | None = None,
+) -> tuple[list[IrregularSeries], list[IrregularSeries]]:
+    """Train/test series of ``dataset`` (block-averaged over ``downsample`` points; default: the
+    data set's, 1 for JapaneseVowels and 8 for PLAID) with a fraction ``p`` of each series' time
+    points dropped (fixed seeds 0/1), then ``transform`` (``"znorm"``: `znorm` of the remaining points;
+    default: the data set's, ``"none"`` for JapaneseVowels, ``"znorm"`` for PLAID), standardised with training
+    statistics, frame ``k`` at time ``k · time_unit``. With ``validation > 0`` the second list is a
+    stratified held-out fraction of the training series instead of the test set (which is then not
+    loaded)."""
+    spec = DATASETS[dataset]
+    load = spec["load"]
+    train = load("train")
+    train, test = split_validation(train, validation) if validation else (train, load("test"))
     if quick:  # two series per class from each split
-        train = [s for k in range(9) for s in [t for t in train if t.label == k][:2]]
-        test = [s for k in range(9) for s in [t for t in test if t.label == k][:2]]
+        classes = sorted({s.label for s in train})
+        train = [s for k in classes for s in [t for t in train if t.label == k][:2]]
+        test = [s for k in classes for s in [t for t in test if t.label == k][:2]]
+    k = spec["downsample"] if downsample is None else downsample
+    train, test = block_mean(train, k), block_mean(test, k)
     if p > 0:
         train, test = drop_observations(train, p, seed=0), drop_observations(test, p, seed=1)
+    transform = spec["transform"] if transform is None else transform
+    if transform == "znorm":
+        train, test = znorm(train), znorm(test)
+    elif transform != "none":
+        raise ValueError(f"prepare_data: expected transform to be one of {TRANSFORMS}, got {transform!r}")
     train, test = standardize(train, test)
     return _scale_times(train, time_unit), _scale_times(test, time_unit)
 
@@ -279,30 +409,69 @@ def coverage(
     return out
 
 
+def _describe_data(cfg: dict[str, Any]) -> str:
+    """The sentence of the results page on the series used."""
+    dataset, k, validation = (_setup(cfg, key) for key in ("dataset", "downsample", "validation"))
+    sizes = cfg.get("sizes")
+    if sizes is None:  # records from before the sizes were kept (JapaneseVowels only)
+        sizes = {"train": 18, "test": 18} if cfg["quick"] else {"train": 270, "test": 370}
+    what = "Quick smoke run. " if cfg["quick"] else ""
+    if validation:
+        text = (
+            f"{what}Train {sizes['train']} / validation {sizes['test']} series: a stratified "
+            f"{validation:.0%} of the training split held out (seed 0); the test set is not used. "
+        )
+    elif dataset == "plaid":
+        text = f"{what}Train {sizes['train']} / test {sizes['test']} series (the UCR split, sktime's copy). "
+    else:
+        text = f"{what}Train {sizes['train']} / test {sizes['test']} series (the UEA split). "
+    if k > 1:
+        lengths = sizes.get("lengths")
+        span = f" (lengths {lengths[0]}-{lengths[1]} after averaging)" if lengths else ""
+        text += (
+            f"Each series is averaged over non-overlapping blocks of {k} samples{span}; "
+            f"block k (samples {k}k..{k}k+{k - 1}) is at time {cfg['time_unit']}·k. "
+        )
+    else:
+        text += f"Frame k at time {cfg['time_unit']}·k. "
+    if _setup(cfg, "transform") == "znorm":
+        text += (
+            "Each series is standardised by its own mean and standard deviation over the points it keeps "
+            "after the drop (z-normalisation; removes the scale of every recording). "
+        )
+    return text
+
+
 def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``<RESULT_NAME>.json`` and ``.md`` into ``out_dir``."""
+    """Write ``<result_name()>.json`` and ``.md`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = record["config"]
     models, rates = cfg["models"], cfg["drop_rates"]
+    dataset = _setup(cfg, "dataset")
+    validation = _setup(cfg, "validation")
+    sizes = cfg.get("sizes") or {"channels": 12}  # records from before the sizes were kept: JapaneseVowels
     record["summary"] = summarize(record["runs"], models, rates)
-    json_path = out_dir / f"{RESULT_NAME}.json"
+    name = result_name(dataset, validation)
+    json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps(record, indent=1) + "\n")
+    score = "Validation" if validation else "Test"
     md = [
-        "# JapaneseVowels with dropped observations",
+        f"# {DATASETS[dataset]['title']} with dropped observations"
+        + (" (validation split, for model selection)" if validation else ""),
         "",
-        f"Test accuracy (%), mean ± std over seeds {list(cfg['seeds'])} (n = runs when fewer); "
-        f"hidden size {cfg['hidden']}, {cfg['epochs']} epochs, Adam lr {cfg['lr']} with cosine decay, "
-        f"batch {cfg['batch_size']}; frame k at time {cfg['time_unit']}·k. "
-        + (
-            "Quick smoke run: 18 train / 18 test series. "
-            if cfg["quick"]
-            else "Train 270 / test 370 series (the UEA split); "
-        )
-        + "the model after the last epoch is tested once.",
+        f"{score} accuracy (%), mean ± std over seeds {list(cfg['seeds'])} (n = runs when fewer); "
+        f"hidden size {cfg['hidden']}, DREAM rank {min(cfg['rank'], sizes['channels'])}, "
+        f"{cfg['epochs']} epochs, Adam lr {cfg['lr']} with cosine decay, batch {cfg['batch_size']}. "
+        + _describe_data(cfg)
+        + f"The model after the last epoch is {'evaluated' if validation else 'tested'} once.",
         "",
         markdown_table(record["runs"], models, rates),
         "",
     ]
+    if record.get("superseded"):
+        md += ["Runs replaced by a later rerun of the same model, drop rate and seed:", ""]
+        md += [f"- {line}" for line in record["superseded"]]
+        md += [""]
     partial = coverage(record["runs"], models, rates, cfg["seeds"])
     if partial:
         md += ["Not every model ran on every drop rate and seed (to fit the time budget); what ran:", ""]
@@ -313,8 +482,9 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
         "",
         diagnostics_table(record["summary"]),
         "",
-        PUBLISHED,
     ]
+    if DATASETS[dataset]["published"]:
+        md += [DATASETS[dataset]["published"]]
     if record.get("parts"):
         md += ["Produced by these commands, run side by side (their times overlap), then merged:", ""]
         md += [
@@ -323,7 +493,7 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
             + ")"
             for part in record["parts"]
         ]
-        md += ["", f"- `{record['command']}`", ""]
+        md += [""] + [f"- `{command}`" for command in [*record.get("earlier_merges", []), record["command"]]] + [""]
     else:
         md += [f"Command: `{record['command']}`  "]
     md += [
@@ -337,9 +507,10 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> tuple[Path, Path]:
         + (" (partial: still running or interrupted)" if not record.get("complete") else ""),
         "",
     ]
-    if record.get("note"):
-        md += [record["note"], ""]
-    md_path = out_dir / f"{RESULT_NAME}.md"
+    for note in [*record.get("earlier_notes", []), record.get("note")]:
+        if note:
+            md += [note, ""]
+    md_path = out_dir / f"{name}.md"
     md_path.write_text("\n".join(md))
     return md_path, json_path
 
@@ -353,6 +524,10 @@ def main(
     out_dir: str | Path = "docs/results",
     quick: bool = False,
     *,
+    dataset: str = "japanese_vowels",
+    downsample: int | None = None,
+    validation: float = 0.0,
+    transform: str | None = None,
     rank: int = 8,
     lr: float = 1e-2,
     batch_size: int = 32,
@@ -362,7 +537,7 @@ def main(
     threads: int | None = 1,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the comparison and write ``irregular_japanese_vowels.{md,json}`` into ``out_dir``.
+    """Run the comparison and write ``irregular_<dataset>.{md,json}`` into ``out_dir``.
 
     Args:
         drop_rates: fractions of each series' time points to drop.
@@ -370,7 +545,15 @@ def main(
         models: names from :data:`MODELS`.
         epochs, hidden, rank, lr, batch_size: training setup, the same for every model.
         out_dir: where the results go (written after every run, so a partial run leaves results).
-        quick: a tiny smoke run (18 train / 18 test series, hidden 8, 1 epoch), seconds.
+        quick: a tiny smoke run (two train / two test series per class, hidden 8, 1 epoch), seconds.
+        dataset: ``"japanese_vowels"`` or ``"plaid"`` (needs sktime).
+        downsample: average each series over blocks of this many points (``None``: 1 for
+            JapaneseVowels, 8 for PLAID).
+        validation: when ``> 0``, evaluate on this stratified fraction of the training series
+            (held out from training) instead of the test set; results go to
+            ``irregular_<dataset>_validation.{md,json}``.
+        transform: ``"none"`` or ``"znorm"`` (each series standardised by its own statistics before
+            the global standardisation; ``None``: ``"none"`` for JapaneseVowels, ``"znorm"`` for PLAID).
         time_unit: time of one frame; 0.1 matches DREAM's default ``time_step``.
         restrict: per model, a subset ``{"rates": [...], "seeds": [...]}`` to run (slow solvers).
         resume: keep the runs already in ``out_dir``'s JSON (same configuration) and skip them.
@@ -385,12 +568,19 @@ def main(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; expected names from {sorted(MODELS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; expected one of {sorted(DATASETS)}")
+    downsample = DATASETS[dataset]["downsample"] if downsample is None else int(downsample)
+    validation = float(validation)
+    transform = DATASETS[dataset]["transform"] if transform is None else transform
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; expected one of {list(TRANSFORMS)}")
     if threads is not None:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     restrict = dict(restrict or {})
     config = {
-        "data": "JapaneseVowels (UEA split, shipped with dreamode)",
+        "data": DATASETS[dataset]["description"],
         "drop_rates": [float(p) for p in drop_rates],
         "seeds": [int(s) for s in seeds],
         "models": list(models),
@@ -403,6 +593,19 @@ def main(
         "quick": quick,
         "restrict": restrict,
         "drop_seeds": {"train": 0, "test": 1},
+        "dataset": dataset,
+        "downsample": downsample,
+        "validation": validation,
+        "transform": transform,
+    }
+    data_kw = dict(quick=quick, dataset=dataset, downsample=downsample, validation=validation, transform=transform)
+    train0, test0 = prepare_data(0.0, time_unit, **data_kw)
+    lengths = [s.times.shape[0] for s in train0 + test0]
+    config["sizes"] = {
+        "train": len(train0),
+        "test": len(test0),
+        "channels": train0[0].values.shape[1],
+        "lengths": [min(lengths), max(lengths)],
     }
     record: dict[str, Any] = {
         "config": config,
@@ -414,10 +617,10 @@ def main(
         "complete": False,
     }
     previous = 0.0
-    json_path = out_dir / f"{RESULT_NAME}.json"
+    json_path = out_dir / f"{result_name(dataset, validation)}.json"
     if resume and json_path.exists():
         old = json.loads(json_path.read_text())
-        if all(old["config"].get(k) == config[k] for k in SETUP_KEYS):
+        if all(_setup(old["config"], k) == config[k] for k in SETUP_KEYS):
             # Keep the finished runs this selection asks for; failed runs are tried again.
             record["runs"] = [
                 r
@@ -440,10 +643,10 @@ def main(
         and (m, float(p), int(s)) not in done
     ]
     print(f"{len(todo)} runs to do: models {list(models)}, drop {list(drop_rates)}, seeds {list(seeds)}")
-    data_cache: dict[float, tuple[list[IrregularSeries], list[IrregularSeries]]] = {}
+    data_cache: dict[float, tuple[list[IrregularSeries], list[IrregularSeries]]] = {0.0: (train0, test0)}
     for k, (p, seed, name) in enumerate(todo):
         if p not in data_cache:
-            data_cache = {p: prepare_data(p, time_unit, quick=quick)}
+            data_cache = {p: prepare_data(p, time_unit, **data_kw)}
         train, test = data_cache[p]
         run = run_one(
             name, train, test, seed=seed, epochs=epochs, hidden=hidden, rank=rank, lr=lr, batch_size=batch_size
@@ -473,33 +676,58 @@ def main(
     return record
 
 
+def _describe_run(run: dict[str, Any]) -> str:
+    outcome = f"failed: {run['failed']}" if run.get("failed") else f"{100 * run['test_acc']:.1f}%"
+    return f"{MODELS[run['model']][0]}, {round(100 * run['drop'])}% dropped, seed {run['seed']} ({outcome})"
+
+
 def merge_results(
     paths: Sequence[str | Path], out_dir: str | Path, command: str | None = None, note: str | None = None
 ) -> dict[str, Any]:
     """Merge the JSON records of comparisons run side by side (same training setup, different
-    models/rates/seeds) into one record and table in ``out_dir``; ``note`` goes under the table."""
+    models/rates/seeds) into one record and table in ``out_dir``; ``note`` goes under the table.
+
+    A run of a model, drop rate and seed that a later record also has is replaced by the later one
+    (a rerun) and listed under the table. A record that is itself a merge contributes its parts,
+    merge commands and notes, so a merged result can be extended by merging it with new runs.
+    """
     records = [json.loads(Path(p).read_text()) for p in paths]
     if not records:
         raise ValueError("merge: give at least one JSON file")
     first = records[0]["config"]
     for r in records[1:]:
-        diff = [k for k in SETUP_KEYS if r["config"][k] != first[k]]
+        diff = [k for k in SETUP_KEYS if _setup(r["config"], k) != _setup(first, k)]
         if diff:
             raise ValueError(f"merge: the records differ in {diff}; only models, rates, seeds may differ")
     config = dict(first)
+    for key, value in SETUP_DEFAULTS.items():
+        config.setdefault(key, value)
     config["models"] = [m for m in MODELS if any(m in r["config"]["models"] for r in records)]
     config["drop_rates"] = sorted({p for r in records for p in r["config"]["drop_rates"]})
     config["seeds"] = sorted({s for r in records for s in r["config"]["seeds"]})
     config["restrict"] = {m: v for r in records for m, v in r["config"].get("restrict", {}).items()}
+    runs: dict[tuple[str, float, int], dict[str, Any]] = {}
+    superseded = [line for r in records for line in r.get("superseded", [])]
+    for r in records:
+        for run in r["runs"]:
+            key = (run["model"], float(run["drop"]), int(run["seed"]))
+            if key in runs:
+                superseded.append(_describe_run(runs.pop(key)))
+            runs[key] = run
+    parts = []
+    for r in records:
+        parts += r.get("parts") or [
+            {"command": r["command"], "wall_time_s": r["wall_time_s"], "resumed_from": r.get("resumed_from")}
+        ]
     merged = {
         "config": config,
         "command": command or " ".join(["python", *sys.argv]),
-        "parts": [
-            {"command": r["command"], "wall_time_s": r["wall_time_s"], "resumed_from": r.get("resumed_from")}
-            for r in records
-        ],
+        "parts": parts,
+        "earlier_merges": [c for r in records if r.get("parts") for c in [*r.get("earlier_merges", []), r["command"]]],
+        "earlier_notes": [n for r in records for n in [*r.get("earlier_notes", []), r.get("note")] if n],
+        "superseded": superseded,
         "machine": records[0]["machine"],
-        "runs": [run for r in records for run in r["runs"]],
+        "runs": list(runs.values()),
         "wall_time_s": max(r["wall_time_s"] for r in records),
         "complete": all(r.get("complete") for r in records),
         "note": note,
@@ -530,6 +758,26 @@ def _parse_restrict(items: Sequence[str]) -> dict[str, dict[str, list]]:
 
 def cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="japanese_vowels", choices=sorted(DATASETS), help="plaid needs sktime")
+    parser.add_argument(
+        "--downsample",
+        type=int,
+        default=None,
+        help="average each series over blocks of this many points (default 1 for japanese_vowels, 8 for plaid)",
+    )
+    parser.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="evaluate on a stratified fraction F of the training series instead of the test set (model selection)",
+    )
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default=None,
+        help="znorm: standardise each series by its own mean and std (default none for japanese_vowels, znorm for plaid)",
+    )
     parser.add_argument("--drop-rates", type=float, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(MODELS))
@@ -566,6 +814,10 @@ def cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
         hidden=args.hidden,
         out_dir=args.out_dir,
         quick=args.quick,
+        dataset=args.data,
+        downsample=args.downsample,
+        validation=args.validation,
+        transform=args.transform,
         rank=args.rank,
         lr=args.lr,
         batch_size=args.batch_size,

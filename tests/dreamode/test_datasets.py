@@ -109,15 +109,25 @@ def test_optional_loader_missing_package_names_the_extra(monkeypatch, module, lo
 
 
 def test_load_plaid(no_network):
-    pytest.importorskip("sktime")
+    pytest.importorskip("sktime")  # CI does not install sktime: skipped there
     train, test = load_plaid("train"), load_plaid("test")
     everything = load_plaid("all")
     assert (len(train), len(test), len(everything)) == (537, 537, 1074)
     lengths = [s.times.shape[0] for s in everything]
     assert min(lengths) == 100 and max(lengths) == 1344
     assert sorted({s.label for s in everything}) == list(range(11))
-    assert {tuple(s.values.shape[1:]) for s in everything} == {(1,)}
-    assert everything[0].values.dtype == torch.float32
+    # the UCR split is stratified: every class has (nearly) as many test as training series
+    train_counts, test_counts = Counter(s.label for s in train), Counter(s.label for s in test)
+    assert train_counts[0] == test_counts[0] == 33 and train_counts[10] == test_counts[10] == 13
+    assert all(abs(train_counts[k] - test_counts[k]) <= 1 for k in range(11))
+    for s in everything:
+        L = s.times.shape[0]
+        assert s.times.dtype == torch.float64 and torch.equal(s.times, torch.arange(L, dtype=torch.float64))
+        assert s.values.shape == (L, 1) and s.values.dtype == torch.float32 and torch.isfinite(s.values).all()
+    assert all(torch.equal(a.values, b.values) and a.label == b.label for a, b in zip(train + test, everything))
+    assert everything[0].label == 0 and lengths[0] == 500  # first series of PLAID_TRAIN.ts: air conditioner
+    batch = pad_series(train[:4])
+    assert batch.x.shape == (4, max(lengths[:4]), 1) and batch.labels.tolist() == [s.label for s in train[:4]]
 
 
 def test_load_co2(no_network):
