@@ -14,16 +14,20 @@ import torch
 from torch import Tensor, nn
 
 from ._model import DREAM
+from .baselines import forward_fill
 from .classify import prepare_batch
 from .data import IrregularBatch
 
 
 class Forecaster(nn.Module):
-    """A `~dreamode.DREAM` encoder with a linear head on ``[h(t_i), t_{i+1} - t_i]``.
+    """A `~dreamode.DREAM` encoder with a linear head on ``[h(t_i), t_{i+1} - t_i]`` that
+    predicts the *change* from the last observed values.
 
-    The head sees the hidden state after observation ``i`` and the gap to observation ``i + 1``
-    (in the batch's time unit) and predicts that observation's ``I`` values. Nothing after ``t_i``
-    reaches the prediction of ``x_{i+1}`` (the encoder is causal).
+    The prediction of observation ``i + 1`` is ``last_i + head([h(t_i), t_{i+1} - t_i])``, where
+    ``last_i`` holds each channel's last observed value up to ``t_i`` (0 before the first). The
+    head starts at zero, so the untrained model is the persistence forecast; predicting changes
+    lets it follow a series past the range of its training values (a trend). Nothing after
+    ``t_i`` reaches the prediction of ``x_{i+1}`` (the encoder is causal).
 
     Args:
         input_dim: channels ``I``.
@@ -37,12 +41,15 @@ class Forecaster(nn.Module):
         super().__init__()
         self.encoder = DREAM(input_dim, hidden_dim, min(rank, input_dim), **dream_kwargs)
         self.head = nn.Linear(hidden_dim + 1, input_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, batch: IrregularBatch) -> Tensor:
         batch = prepare_batch(self, batch)
         out, _ = self.encoder(batch.x, times=batch.times, mask=batch.mask, lengths=batch.lengths)
         gap = (batch.times[:, 1:] - batch.times[:, :-1]).to(out.dtype).unsqueeze(-1)
-        return self.head(torch.cat([out[:, :-1], gap], dim=-1))
+        last = forward_fill(batch.x, batch.mask)[:, :-1]
+        return last + self.head(torch.cat([out[:, :-1], gap], dim=-1))
 
 
 def forecast_errors(pred: Tensor, batch: IrregularBatch) -> tuple[Tensor, Tensor]:

@@ -103,7 +103,8 @@ def test_forecasting_on_an_unlabelled_csv(tmp_path):
     hist = rep["history"]
     assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]  # it learns
     assert "StiffStepWarning" not in proc.stderr
-    assert math.isfinite(rep["test"]["rmse"]) and math.isfinite(rep["test"]["persistence_rmse"])
+    # on smooth sines the learned forecast beats "the next value equals this one" (measured 0.23 vs 0.35)
+    assert rep["test"]["rmse"] < 0.8 * rep["test"]["persistence_rmse"]
 
 
 @pytest.fixture(scope="module")
