@@ -196,17 +196,17 @@ def test_fast_runge_kutta_without_gradient_equals_generic(method):
         assert rel_dev(getattr(s1, k), getattr(s2, k)) <= TOL, k
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
-def test_gradcheck_through_the_fast_runge_kutta_path(masked):
-    """torch.autograd.gradcheck of the hand-written rk4 backward (tiny, float64)."""
+def _gradcheck_fast_path(solver: str, lengths: list[int], masked: bool, counter: str) -> None:
+    """gradcheck of a fast path with respect to input, steps, initial state and parameters; the
+    path's call counter ``counter`` proves the fast path (not the generic one) ran."""
     torch.manual_seed(0)
-    model = DREAM(3, 4, rank=2, dtype=F64, solver="rk4", base_plasticity=2.0, ltc_tau_sys=1.0)
+    model = DREAM(3, 4, rank=2, dtype=F64, solver=solver, base_plasticity=2.0, ltc_tau_sys=1.0)
     g = torch.Generator().manual_seed(1)
-    B, T = 3, 4
+    B, T = len(lengths), max(lengths)
     x = 2 * torch.randn(B, T, 3, generator=g, dtype=F64)
     dt = 0.05 + 0.15 * torch.rand(B, T, generator=g, dtype=F64)
     mask = (torch.rand(B, T, 3, generator=g) > 0.3).to(F64) if masked else None
-    lengths = torch.tensor([4, 2, 3])
+    lengths = torch.tensor(lengths)
     init = model.init_state(B)
     U0 = torch.randn(B, 4, 2, generator=g, dtype=F64)
     U0 = 3.0 * U0 / U0.flatten(1).norm(dim=1)[:, None, None]  # ‖U‖ > target_norm: homeostasis acts
@@ -222,24 +222,31 @@ def test_gradcheck_through_the_fast_runge_kutta_path(masked):
     inputs = tuple(t.clone().requires_grad_() for t in (x, dt, *s0, *params))
     with counting() as calls:
         assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-    assert calls["rk"] > 0
+    assert calls[counter] > 0
+
+
+def _graph_nodes(solver: str, T: int) -> int:
+    """Autograd nodes behind the output of a length-``T`` forward."""
+    model = _model(solver=solver)
+    out, _ = model(torch.randn(2, T, I, dtype=F64, requires_grad=True))
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(nxt for nxt, _ in fn.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_gradcheck_through_the_fast_runge_kutta_path(masked):
+    """torch.autograd.gradcheck of the hand-written rk4 backward (tiny, float64)."""
+    _gradcheck_fast_path("rk4", [4, 2, 3], masked=masked, counter="rk")
 
 
 def test_fast_runge_kutta_is_one_node_and_retains_its_graph_on_request():
-    def nodes(T: int) -> int:
-        model = _model(solver="rk4")
-        x = torch.randn(2, T, I, dtype=F64, requires_grad=True)
-        out, _ = model(x)
-        seen, todo = set(), [out.grad_fn]
-        while todo:
-            fn = todo.pop()
-            if fn is None or fn in seen:
-                continue
-            seen.add(fn)
-            todo.extend(nxt for nxt, _ in fn.next_functions)
-        return len(seen)
-
-    assert nodes(3) == nodes(40)
+    assert _graph_nodes("rk4", 3) == _graph_nodes("rk4", 40)
     model = _model(solver="rk4")
     x, dt, _ = _data(T=6)
     x.requires_grad_()
@@ -282,49 +289,13 @@ def test_two_layers_with_dropout_match_the_generic_path(solver):
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
 def test_gradcheck_through_the_fast_path(masked):
     """torch.autograd.gradcheck of input, steps, initial state and parameters (tiny, float64)."""
-    torch.manual_seed(0)
-    model = DREAM(3, 4, rank=2, dtype=F64, base_plasticity=2.0, ltc_tau_sys=1.0)
-    g = torch.Generator().manual_seed(1)
-    B, T = 3, 5
-    x = 2 * torch.randn(B, T, 3, generator=g, dtype=F64)
-    dt = 0.05 + 0.15 * torch.rand(B, T, generator=g, dtype=F64)
-    mask = (torch.rand(B, T, 3, generator=g) > 0.3).to(F64) if masked else None
-    lengths = torch.tensor([5, 3, 4])
-    init = model.init_state(B)
-    U0 = torch.randn(B, 4, 2, generator=g, dtype=F64)
-    U0 = 3.0 * U0 / U0.flatten(1).norm(dim=1)[:, None, None]  # ‖U‖ > target_norm: homeostasis acts
-    s0 = (0.3 * torch.randn(B, 4, generator=g, dtype=F64), U0, 0.1 * U0, init.error_mean, init.error_var)
-    names = [n for n, _ in model.named_parameters()]
-    params = tuple(p.detach().clone() for p in model.parameters())
-
-    def f(x, dt, h0, U0, Ut0, em0, ev0, *ps):
-        state = DREAMState(h0, U0, Ut0, em0, ev0, init.avg_surprise, init.adaptive_tau)
-        out, st = functional_call(model, dict(zip(names, ps)), (x, state), dict(dt=dt, mask=mask, lengths=lengths))
-        return out, st.U, st.U_target, st.error_var, st.avg_surprise, st.adaptive_tau
-
-    inputs = tuple(t.clone().requires_grad_() for t in (x, dt, *s0, *params))
-    with counting() as calls:
-        assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-    assert calls["seq"] > 0
+    _gradcheck_fast_path("euler", [5, 3, 4], masked=masked, counter="seq")
 
 
 def test_one_autograd_node_whatever_the_length():
     """The whole sequence is one node: the graph does not grow with T (no O(T²) backward)."""
 
-    def nodes(T: int) -> int:
-        model = _model()
-        x = torch.randn(2, T, I, dtype=F64, requires_grad=True)
-        out, _ = model(x)
-        seen, todo = set(), [out.grad_fn]
-        while todo:
-            fn = todo.pop()
-            if fn is None or fn in seen:
-                continue
-            seen.add(fn)
-            todo.extend(nxt for nxt, _ in fn.next_functions)
-        return len(seen)
-
-    assert nodes(3) == nodes(60)
+    assert _graph_nodes("euler", 3) == _graph_nodes("euler", 60)
 
 
 def test_backward_twice_needs_retain_graph():
