@@ -500,7 +500,8 @@ def _finish(
     if world.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        _plot(run["history"], splits.task, out / "curves.png")
+        if run["history"]:
+            _plot(run["history"], splits.task, out / "curves.png")
         name = "accuracy" if splits.task == "classify" else "rmse"
         say(
             f"test {name} {test[name]:.4f} (best epoch {run['best_epoch']}); wrote {out}/metrics.json, curves.png, best.pt, last.pt"
