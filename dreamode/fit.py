@@ -503,9 +503,8 @@ def _finish(
         if run["history"]:
             _plot(run["history"], splits.task, out / "curves.png")
         name = "accuracy" if splits.task == "classify" else "rmse"
-        say(
-            f"test {name} {test[name]:.4f} (best epoch {run['best_epoch']}); wrote {out}/metrics.json, curves.png, best.pt, last.pt"
-        )
+        written = ", ".join(n for n in ("metrics.json", "curves.png", "best.pt", "last.pt") if (out / n).is_file())
+        say(f"test {name} {test[name]:.4f} (best epoch {run['best_epoch']}); wrote {written} in {out}")
     return report
 
 
