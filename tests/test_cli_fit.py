@@ -2,7 +2,6 @@
 processes under torchrun (DistributedDataParallel over gloo) against one process."""
 
 import json
-import math
 import os
 import shutil
 import subprocess
