@@ -241,7 +241,7 @@ def _loss_terms(model: nn.Module, batch: IrregularBatch, task: str) -> tuple[Ten
         labels = batch.labels.to(out.device)
         loss = nn.functional.cross_entropy(out, labels, reduction="sum")
         correct = ((out.argmax(1) == labels) & torch.isfinite(out).all(1)).sum().to(out.dtype)
-        return loss, torch.tensor(float(len(labels)), dtype=out.dtype), correct
+        return loss, torch.tensor(float(len(labels)), dtype=out.dtype, device=out.device), correct
     sse, count = forecast_errors(out, batch.to(device=out.device, dtype=out.dtype))
     return sse, count.detach(), sse.detach()
 
