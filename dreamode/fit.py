@@ -297,10 +297,6 @@ class _Progress:
             sys.stderr.write("\r" + " " * 79 + "\r")
 
 
-def _settings_dict(s: FitSettings) -> dict[str, Any]:
-    return asdict(s)
-
-
 def run_fit(
     settings: FitSettings,
     out_dir: str | os.PathLike[str],
@@ -362,7 +358,7 @@ def _resume(path: Path, s: FitSettings, spec: dict, model: nn.Module, optimizer:
     if path.is_dir():
         path = path / "last.pt"
     saved = read_checkpoint(path).get("extra", {}).get("settings", {})
-    diff = config_mismatch(saved, _settings_dict(s))
+    diff = config_mismatch(saved, asdict(s))
     if diff:
         raise CheckpointError(
             f"--resume {path}: saved with other settings (rerun the same command): " + "; ".join(diff)
@@ -447,7 +443,7 @@ def _train(
         run["epoch"] = epoch + 1
         epochs_this_call += 1
         if world.rank == 0:
-            extra = {"settings": _settings_dict(s), "run": run}
+            extra = {"settings": asdict(s), "run": run}
             if improved:
                 save_checkpoint(out / "best.pt", model, config=spec, extra=extra)
             save_checkpoint(out / "last.pt", model, optimizer=optimizer, scheduler=scheduler, config=spec, extra=extra)
@@ -479,7 +475,7 @@ def _finish(
     test = evaluate_split(model, splits.test, splits.task, s.batch_size)
     report = {
         "task": splits.task,
-        "settings": _settings_dict(s),
+        "settings": asdict(s),
         "model": spec,
         "parameters": count_parameters(model),
         "data": {

@@ -130,11 +130,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
-@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
-@pytest.mark.parametrize("name", list(CASES))
-def test_fast_equals_generic_values_and_gradients(name, masked, padded):
-    model = _model(**CASES[name])
+def _assert_fast_equals_generic(model: DREAM, name: str, masked: bool, padded: bool) -> None:
+    """Outputs, final state and every gradient of the fast path equal the generic path's (TOL)."""
     x, dt, mask = _data()
     lengths = torch.tensor([24, 11, 1, 17]) if padded else None
     state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
@@ -149,6 +146,13 @@ def test_fast_equals_generic_values_and_gradients(name, masked, padded):
         assert (a is None) == (b is None), n
         if a is not None:
             assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fast_equals_generic_values_and_gradients(name, masked, padded):
+    _assert_fast_equals_generic(_model(**CASES[name]), name, masked, padded)
 
 
 RK_CASES = {k: CASES[k] for k in ("default", "ltc_off", "both_off", "sleep_off", "tau_clamped", "linear", "cubic")}
@@ -160,21 +164,7 @@ RK_CASES = {k: CASES[k] for k in ("default", "ltc_off", "both_off", "sleep_off",
 @pytest.mark.parametrize("method", ["rk4", "midpoint", "heun"])
 def test_fast_runge_kutta_equals_generic_values_and_gradients(method, name, masked, padded):
     """The fused fixed-step Runge-Kutta path (dreamode/_fast_rk.py) against the generic one."""
-    model = _model(solver=method, **RK_CASES[name])
-    x, dt, mask = _data()
-    lengths = torch.tensor([24, 11, 1, 17]) if padded else None
-    state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
-    o1, s1, g1 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=True)
-    o2, s2, g2 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=False)
-    assert rel_dev(o1, o2) <= TOL
-    for k in STATE_FIELDS:
-        assert rel_dev(getattr(s1, k), getattr(s2, k)) <= TOL, k
-    names = ["x", "dt"] + ([] if state0 is None else [f"state.{k}" for k in STATE_FIELDS])
-    names += [n for n, _ in model.named_parameters()]
-    for n, a, b in zip(names, g1, g2):
-        assert (a is None) == (b is None), n
-        if a is not None:
-            assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
+    _assert_fast_equals_generic(_model(solver=method, **RK_CASES[name]), name, masked, padded)
 
 
 @pytest.mark.parametrize("method", ["rk4", "heun"])
