@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _euler_kernel
 from ._field import DREAMField, FieldAux
 from ._state import DREAMState
 
@@ -227,13 +228,13 @@ def _consts(cfg: Any, I: int, dtype: torch.dtype, device: torch.device) -> _Cons
 # -- the kernel ----------------------------------------------------------------------------------
 
 # what the forward keeps per step for the backward (in this order through save_for_backward)
-_SAVED = ("h", "UU", "pred", "e", "dev", "ep", "A", "Q", "HZ", "Lin", "DT", "ht", "eV", "Mix", "gain", "rn")
+_SAVED = _euler_kernel.SAVED
 # U and U_target are the largest per-step tensors (2·R·H numbers a sample): past this many bytes
 # for the whole sequence, the forward keeps them only every _UU_EVERY steps and the backward
 # recomputes the steps in between (two operations a step, bit for bit the forward's).
 _UU_BUDGET = 64 << 20
 _UU_EVERY = 32
-_SAVED_MASKED = ("xt", "XB", "xV")
+_SAVED_MASKED = _euler_kernel.SAVED_MASKED
 
 
 class _Seq:
@@ -285,175 +286,103 @@ class _Seq:
             self.xall = xall
         else:
             self.xall = None
-            MC = ms / ms.sum(-1, keepdim=True).clamp_min(1.0)
-
-        # per-step views (a tuple index in the loop instead of an indexing operation)
-        def steps(t: Tensor) -> tuple[Tensor, ...] | list[Tensor]:
-            return [t[0]] if single else t.unbind(0)
-
-        self.x_s = steps(xs)
-        self.dtr_s, self.dtR_s, self.dt8_s = steps(self.dtr), steps(self.dtR), steps(self.dt8)
-        if self.ltc:
-            self.dtlo_s, self.dthi_s = steps(self.dtlo), steps(self.dthi)
-        if ms is None:
-            self.XB = steps(xall[..., :H])
-            self.XWV = steps(xall[..., H:])
-            self.XV3 = steps(xall[..., 2 * H :].unsqueeze(2))  # (B, 1, R) per step
-        else:
-            self.m_s = steps(ms)
-            self.MX = steps(ms * xs)
-            self.OM = steps(1 - ms)
-            self.MC = steps(MC)
+            self.MX = ms * xs
+            self.OM = 1 - ms
+            self.MC = ms / ms.sum(-1, keepdim=True).clamp_min(1.0)
         self.saved: dict[str, list] | None = None
-        self.auxes: list | None = None
 
     # -- forward ---------------------------------------------------------------------------------
 
     def forward(
-        self, h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor, save: bool = False, aux: bool = False
+        self, h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor, save: bool = False
     ) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Run the steps from ``(h, UU, em, ev, sc)``; returns ``(outputs, final state parts)``."""
-        cfg, k = self.cfg, self.k
-        Bn, H, R = self.B, self.H, self.R
-        HR = H * R
-        C, Vt, WV, eta = self.C, self.Vt, self.WV, self.eta
-        MY, bY, ML, bL = self.MY, self.bY, self.ML, self.bL
+        """Run the steps from ``(h, UU, em, ev, sc)``; returns ``(outputs, final state parts)``.
+
+        ``save``: keep what the backward needs (``self.saved``, a list per name of ``SAVED``).
+        """
+        k, w = self.k, self.w
         masked = self.ms is not None
-        negWV = self.w.negWV
-        theta = cfg.max_adaptive_tau
-        xs, dtr, dtR, dt8 = self.x_s, self.dtr_s, self.dtR_s, self.dt8_s
-        if self.ltc:
-            dtlo, dthi = self.dtlo_s, self.dthi_s
-        if masked:
-            ms = self.m_s
-        hom0 = h.new_zeros(Bn, 2)
-        U = UU[:, 0]  # (B, R, H): the fast weights are kept transposed
-        UU3 = UU.view(Bn, 2, HR)
         frozen = self.frozen
-        keeps = (self.dts == 0).unbind(0) if frozen is not None else None
-        outs: list[Tensor] = []
-        sv = self.saved = {name: [] for name in _SAVED + _SAVED_MASKED} if save else None
+        keeps = (self.dts == 0).unsqueeze(-1) if frozen is not None else None
         every = self.uu_every = 1 if UU.numel() * UU.element_size() * self.T <= _UU_BUDGET else _UU_EVERY
-        self.auxes = [] if aux else None
+        consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis]
         with _serial(self.xs.device, self.work):
-            for i in range(self.T):
-                hU = torch.bmm(h.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
-                pred = torch.addmm(torch.mm(hU, Vt), h, C).tanh_()
-                if masked:
-                    m = ms[i]
-                    e = torch.addcmul(self.MX[i], m, pred, value=-1)
-                    xt = torch.addcmul(self.MX[i], self.OM[i], pred)
-                    XB, xV = torch.mm(xt, self.BV).split([H, R], 1)
-                    XV3 = xV.unsqueeze(1)
-                    eWV = torch.mm(e, WV)
-                else:
-                    e = xs[i] - pred
-                    eWV = torch.addmm(self.XWV[i], pred, negWV)
-                    XB, XV3 = self.XB[i], self.XV3[i]
-                eW, eV = eWV.split([H, R], 1)
-                dev = e - em
-                dev2 = dev * dev
-                ep = ev + k.eps_var
-                z2 = dev2 / ep
-                if masked:
-                    q = (z2 * self.MC[i]).sum(-1, keepdim=True)
-                else:
-                    q = torch.mm(z2, k.inv_I)
-                n = q.sqrt_()
-                A = torch.addmm(k.eps_log, ev, k.col_I)  # 2πe·mean(error_var) + 1e-6
-                Lr = A.log()
-                Q = torch.cat([n, Lr.clamp(0.0, 4.0), sc], 1)
-                Z = torch.addmm(bY, Q, MY).sigmoid_()  # [S, g]
-                if self.fw:
-                    rn = torch.linalg.vector_norm(UU3, dim=2).reciprocal_()
-                    hom = torch.addcmul(k.one, rn, k.negN).clamp_min_(0.0)  # relu(1 − N/‖·‖)
-                else:
-                    hom = hom0
-                HZ = torch.cat([Z, hom, n.clamp(max=theta)], 1)
-                Lin = torch.addmm(bL, HZ, ML)  # [1/τ, S, forget, homeo, ζg, 1 + κS, S, min(n, θ)]
-                DT = Lin * dt8[i]  # [Δt/τ, Δt·S, kF, kH, csg, 1 + κS, S, min(n, θ)]
-                a_raw, dtS, kFHC, c1, tgt = DT.split([1, 1, 3, 1, 2], 1)
-                a = a_raw.clamp(dtlo[i], dthi[i]) if self.ltc else a_raw
-                base = torch.addcmul(eW, c1, XB)
-                ht = torch.baddbmm(base.unsqueeze(1), XV3, U).tanh_().view(Bn, H)
-                h_new = torch.lerp(h, ht, a)
-                if self.mix:
-                    Mix = torch.addmm(k.eye4, kFHC, k.basis).view(Bn, 2, 2)
-                    UU3n = torch.bmm(Mix, UU3)
-                    UUn = UU3n.view(Bn, 2, R, H)
-                    Un = UUn[:, 0]
-                else:
-                    Mix = None
-                    UU3n, UUn, Un = UU3, UU, U
-                if self.fw:
-                    gain = dtS * h * eta
-                    Un.addcmul_(eV.unsqueeze(-1), gain.unsqueeze(1))
-                em_n = torch.lerp(em, e, dtr[i])
-                ev_n = torch.lerp(ev, dev2, dtr[i])
-                sc_n = torch.lerp(sc, tgt, dtR[i])
-                if aux:
-                    self.auxes.append((pred, n, Z, Lin))
-                if save:
-                    for name, val in zip(_SAVED[2:13], (pred, e, dev, ep, A, Q, HZ, Lin, DT, ht, eV)):
-                        sv[name].append(val)
-                    sv["h"].append(h)
-                    if i % every == 0:
-                        sv["UU"].append(UU)
-                    if self.mix:
-                        sv["Mix"].append(Mix)
-                    if self.fw:
-                        sv["gain"].append(gain)
-                        sv["rn"].append(rn)
-                    if masked:
-                        sv["xt"].append(xt)
-                        sv["XB"].append(XB)
-                        sv["xV"].append(xV)
-                if frozen is not None and frozen[i]:
-                    # padding: the state is selected, not multiplied by a zero step
-                    keep = keeps[i].unsqueeze(1)
-                    h_new = torch.where(keep, h, h_new)
-                    UUn = torch.where(keep.view(Bn, 1, 1, 1), UU, UUn)
-                    UU3n, Un = UUn.view(Bn, 2, HR), UUn[:, 0]
-                    em_n = torch.where(keep, em, em_n)
-                    ev_n = torch.where(keep, ev, ev_n)
-                    sc_n = torch.where(keep, sc, sc_n)
-                h, UU, UU3, U, em, ev, sc = h_new, UUn, UU3n, Un, em_n, ev_n, sc_n
-                outs.append(h)
+            outs, h, UU, em, ev, sc, saved = _euler_kernel.call(
+                _euler_kernel.forward_loop,
+                h,
+                UU,
+                em,
+                ev,
+                sc,
+                self.xs,
+                self.dt8,
+                self.dtr,
+                self.dtR,
+                self.dtlo if self.ltc else None,
+                self.dthi if self.ltc else None,
+                self.xall,
+                self.ms,
+                self.MX if masked else None,
+                self.OM if masked else None,
+                self.MC if masked else None,
+                keeps,
+                frozen if frozen is not None else [],
+                w.C,
+                w.Vt,
+                w.WV,
+                w.negWV,
+                w.BV,
+                w.eta,
+                w.MY,
+                w.bY,
+                w.ML,
+                w.bL,
+                consts,
+                float(self.cfg.max_adaptive_tau),
+                self.fw,
+                self.mix,
+                save,
+                every,
+            )
+        self.saved = dict(zip(_SAVED + _SAVED_MASKED, saved)) if save else None
         return outs, h, UU, em, ev, sc
 
-    def _uu_steps(self, free: bool) -> Iterator[Tensor]:
-        """``UU`` before each step, last step first, recomputed between the kept ones if needed."""
-        sv = self.saved
-        return self._uu_gen(free, sv["UU"], sv["Mix"], sv["eV"], sv["gain"])
+    def _uu_segments(self, free: bool) -> Iterator[tuple[int, int, list[Tensor]]]:
+        """``(lo, hi, UU before each step of lo..hi−1)``, last segment first.
 
-    def _uu_gen(self, free: bool, kept: list, mixes: list, eVs: list, gains: list) -> Iterator[Tensor]:
+        The forward kept ``UU`` every ``uu_every`` steps; the steps in between are recomputed here,
+        bit for bit as the forward computed them.
+        """
+        sv = self.saved
+        # the lists themselves: the backward empties sv's entries while this runs
+        return self._recompute(free, sv["UU"], sv["Mix"], sv["eV"], sv["gain"])
+
+    def _recompute(
+        self, free: bool, kept: list, mixes: list, eVs: list, gains: list
+    ) -> Iterator[tuple[int, int, list[Tensor]]]:
         every, T = self.uu_every, self.T
         if every == 1:
-            for i in reversed(range(T)):
-                yield kept[i]
-                if free:
-                    kept[i] = None
+            yield 0, T, kept
             return
         Bn, H, R = self.B, self.H, self.R
         keeps = (self.dts == 0).unbind(0) if self.frozen is not None else None
-        with torch.inference_mode():
-            for start in reversed(range(0, T, every)):
-                seg = [kept[start // every]]
-                for j in range(start, min(start + every, T) - 1):
-                    UU = seg[-1]
-                    if self.mix:
-                        UUn = torch.bmm(mixes[j], UU.view(Bn, 2, H * R)).view(Bn, 2, R, H)
-                    else:
-                        UUn = UU
-                    if self.fw:
-                        UUn[:, 0].addcmul_(eVs[j].unsqueeze(-1), gains[j].unsqueeze(1))
-                    if self.frozen is not None and self.frozen[j]:
-                        UUn = torch.where(keeps[j].view(Bn, 1, 1, 1), UU, UUn)
-                    seg.append(UUn)
-                if free:
-                    kept[start // every] = None
-                while seg:
-                    yield seg.pop()
+        for start in reversed(range(0, T, every)):
+            stop = min(start + every, T)
+            seg = [kept[start // every]]
+            if free:
+                kept[start // every] = None
+            for j in range(start, stop - 1):
+                UU = seg[-1]
+                if self.mix:
+                    UUn = torch.bmm(mixes[j], UU.view(Bn, 2, H * R)).view(Bn, 2, R, H)
+                else:
+                    UUn = UU
+                if self.fw:
+                    UUn[:, 0].addcmul_(eVs[j].unsqueeze(-1), gains[j].unsqueeze(1))
+                if self.frozen is not None and self.frozen[j]:
+                    UUn = torch.where(keeps[j].view(Bn, 1, 1, 1), UU, UUn)
+                seg.append(UUn)
+            yield start, stop, seg
 
     # -- backward --------------------------------------------------------------------------------
 
@@ -480,8 +409,7 @@ class _Seq:
         """
         cfg, k, sv = self.cfg, self.k, self.saved
         assert sv is not None
-        Bn, I, H, R, T = self.B, self.I, self.H, self.R, self.T
-        HR = H * R
+        Bn, I, H, T = self.B, self.I, self.H, self.T
         dtype, device = gh.dtype, gh.device
         Ct, WVt, negV = self.C.t(), self.WV.t(), -self.V
         eta = self.eta
@@ -548,119 +476,58 @@ class _Seq:
                 DEVr = DEV * r_err
             del DEV, EP, Z2, IEP, DEV2  # long sequences: only P1, P2, P3 are needed from here on
 
-            def steps(t: Tensor | None) -> tuple:
-                return t.unbind(0) if t is not None else (None,) * T
-
-            D1u, D2u, D3u = steps(D1), steps(D2), steps(D3)
-            P1u, P2u, P3u = steps(P1), steps(P2), steps(P3)
-            HmHu, dtSu = steps(HmH), steps(dtS)
-            h3u = steps(Hs.unsqueeze(2))
-            au = steps(DTs[..., 0:1].clamp(self.dtlo, self.dthi) if self.ltc else DTs[..., 0:1])
-            c1u = steps(DTs[..., 5:6])
-            dtr, omdtr, omdtR = self.dtr.unbind(0), (1 - self.dtr).unbind(0), (1 - self.dtR).unbind(0)
+            a_eff = DTs[..., 0:1].clamp(self.dtlo, self.dthi) if self.ltc else DTs[..., 0:1]
             if masked:
-                ms, OM = self.m_s, self.OM
-                BVt = self.BV.t()
-                XVTu = steps(torch.stack(sv["xV"]).unsqueeze(-1))
-                XBu = sv["XB"]
+                XVT = torch.stack(sv["xV"]).unsqueeze(-1)
+                XB = torch.stack(sv["XB"])
             else:
-                XVTu = steps(self.xall[..., 2 * H :].unsqueeze(-1))
-                XBu = self.XB
-            if fw:
-                EV3u = steps(torch.stack(sv["eV"]).unsqueeze(2))
-                GAIN3u = steps(torch.stack(sv["gain"]).unsqueeze(2))
-            if need_dt:
-                Lfacu, EVDu, DEVru = steps(Lfac), steps(EVD), steps(DEVr)
-            g_outs = g_out.unbind(1) if g_out is not None else None
+                XVT = self.xall[..., 2 * H :].unsqueeze(-1)
+                XB = self.xall[..., :H]
+            per_step = [D1, D2, D3, P1, P2, P3, HmH, dtS, Hs.unsqueeze(2), a_eff, DTs[..., 5:6]]
+            per_step += [self.dtr, 1 - self.dtr, 1 - self.dtR, XVT, XB]
+            EV3 = torch.stack(sv["eV"]).unsqueeze(2) if fw else None
+            GAIN3 = torch.stack(sv["gain"]).unsqueeze(2) if fw else None
+            dt_terms = [Lfac, EVD, DEVr] if need_dt else []
+            BVt = self.BV.t() if masked else self.BV
+            mats = [eta, Ct, WVt, negV, MLt, Mq, k.basis_t, k.row_I, BVt]
             preds, hts, Mixes = sv["pred"], sv["ht"], sv["Mix"]
-            UUs = self._uu_steps(free)
+            segments = self._uu_segments(free)
             if free:
                 # what is stacked above is not needed per step any more
                 for name in ("h", "dev", "ep", "A", "Q", "HZ", "DT", "ht", "gain", "rn", "xV"):
                     sv[name] = []
 
             gUU = gUU.contiguous()
-            zB1 = gh.new_zeros(Bn, 1)
-            zBR = gh.new_zeros(Bn, R)
-            zB3 = gh.new_zeros(Bn, 3)
-            L_gPn, L_gu, L_gHZf, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = ([] for _ in range(10))
+            lists: list[list[Tensor]] = [[] for _ in range(10)]
             with _serial(self.xs.device, self.work):
-                for i in reversed(range(T)):
-                    if g_outs is not None:
-                        gh = gh + g_outs[i]
-                    UU = next(UUs)
-                    U = UU[:, 0]
-                    # fast weights and sleep: UU_n = Mix @ UU, plus gain ⊗ eV on U
-                    if self.mix:
-                        GUf = gUU.view(Bn, 2, HR)
-                        gkFHC = torch.mm(torch.bmm(GUf, UU.view(Bn, 2, HR).transpose(1, 2)).view(Bn, 4), k.basis_t)
-                        gUUp = torch.bmm(Mixes[i].transpose(1, 2), GUf).view(Bn, 2, R, H)
-                    else:
-                        gkFHC = zB3
-                        gUUp = gUU.clone()
-                    gU0 = gUUp[:, 0]
-                    if fw:
-                        GU0 = gUU[:, 0]
-                        g_gain = torch.bmm(EV3u[i], GU0).view(Bn, H)
-                        geV = torch.bmm(GAIN3u[i], GU0.transpose(1, 2)).view(Bn, R)
-                        tg = g_gain * eta
-                        g_dtS = (tg * h3u[i].view(Bn, H)).sum(-1, keepdim=True)
-                    else:
-                        geV, g_dtS = zBR, zB1
-                    # h_n = lerp(h, ht, a)
-                    g_ht = gh * au[i]
-                    ga = (gh * HmHu[i]).sum(-1, keepdim=True)
-                    gh = gh - g_ht
-                    if fw:
-                        gh = torch.addcmul(gh, tg, dtSu[i])
-                    gu = torch.ops.aten.tanh_backward(g_ht, hts[i])
-                    gu3 = gu.unsqueeze(1)
-                    # u = eW + (1 + κS)·xB + xV U
-                    gU0.addcmul_(XVTu[i], gu3)
-                    gxV = torch.bmm(gu3, U.transpose(1, 2)).view(Bn, R)
-                    gc1 = (gu * XBu[i]).sum(-1, keepdim=True)
-                    # the per-sample scalars: L, then HZ = [S, g, homU, homUt], then Q = [n, Lc, as, at]
-                    v = torch.cat([ga, g_dtS, gkFHC, gc1, gsc], 1)
-                    if need_dt:
-                        gdt = (v * Lfacu[i]).sum(-1, keepdim=True)
-                        gdt = gdt + (gem * DEVru[i]).sum(-1, keepdim=True) + (gev * EVDu[i]).sum(-1, keepdim=True)
-                        L_gdt.append(gdt)
-                    gLin = v * D1u[i]
-                    gHZf = torch.mm(gLin, MLt) * D2u[i]  # [gY_S, gY_g, g‖U‖/‖U‖·…, 0, g n (target)]
-                    if fw:
-                        gU0.addcmul_(gHZf[:, 2:3].unsqueeze(-1), U)
-                    gq, gA, gscQ = (torch.mm(gHZf, Mq) * D3u[i]).split([1, 1, 2], 1)
-                    gsc = torch.addcmul(gscQ, gsc, omdtR[i])
-                    # running statistics
-                    ge = gem * dtr[i]
-                    gdev = torch.addcmul(P1u[i] * gev, gq, P2u[i])
-                    gem = gem * omdtr[i] - gdev
-                    gev = torch.addmm(torch.addcmul(gev * omdtr[i], gq, P3u[i], value=-1), gA, k.row_I)
-                    ge = ge + gdev
-                    # the error, the imputed input and their projections
-                    geWV = torch.cat([gu, geV], 1)
-                    if masked:
-                        gE = torch.addmm(ge, geWV, WVt)  # ∂/∂e
-                        gxt = torch.mm(torch.cat([gu * c1u[i], gxV], 1), BVt)  # ∂/∂x̃
-                        gPn = torch.ops.aten.tanh_backward(torch.addcmul(gE * ms[i], OM[i], gxt, value=-1), preds[i])
-                        L_gxt.append(gxt)
-                        L_gE.append(gE)
-                    else:
-                        gPn = torch.ops.aten.tanh_backward(torch.addmm(ge, geWV, WVt), preds[i])  # −∂/∂P
-                        L_gE.append(ge)
-                    # P = h C + (h Uᵀ) Vᵀ
-                    ghU = torch.mm(gPn, negV)
-                    gh = torch.baddbmm(torch.addmm(gh, gPn, Ct, alpha=-1).unsqueeze(1), ghU.unsqueeze(1), U).view(Bn, H)
-                    gU0.addcmul_(ghU.unsqueeze(-1), h3u[i])
-                    gUU = gUUp
-                    L_gPn.append(gPn)
-                    L_gu.append(gu)
-                    L_gHZf.append(gHZf)
-                    L_gLin.append(gLin)
-                    L_gxV.append(gxV)
-                    if fw:
-                        L_ggain.append(g_gain)
-                        L_geV.append(geV)
+                for lo, hi, UUs in segments:
+                    gh, gUU, gem, gev, gsc, seg = _euler_kernel.call(
+                        _euler_kernel.backward_loop,
+                        lo,
+                        hi,
+                        gh,
+                        gUU,
+                        gem,
+                        gev,
+                        gsc,
+                        g_out,
+                        UUs,
+                        Mixes,
+                        preds,
+                        hts,
+                        per_step,
+                        EV3,
+                        GAIN3,
+                        self.ms,
+                        self.OM if masked else None,
+                        dt_terms,
+                        mats,
+                        self.mix,
+                        fw,
+                    )
+                    for acc, part in zip(lists, seg):
+                        acc.extend(part)
+            L_gPn, L_gu, L_gHZf, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = lists
 
         def stacked(lst: list[Tensor]) -> Tensor:
             lst.reverse()
@@ -891,8 +758,9 @@ def step(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tenso
         h0, U0, Ut0, em0, ev0, as0, at0 = z
         # integrate_layer freezes padded samples itself
         seq = _Seq(cfg, x, dt, mask, _weights_cached(f), None, single=True)
-        _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), aux=True)
-        pred, n, Z, Lin = seq.auxes[0]
+        _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), save=True)
+        sv = seq.saved
+        pred, n, Z, Lin = sv["pred"][0], sv["Q"][0][:, 0:1], sv["HZ"][0][:, 0:2], sv["Lin"][0]
         S = Z[:, 0]
         if cfg.ltc_enabled:
             tau = Lin[:, 0].reciprocal().clamp_(cfg.tau_min, cfg.tau_max)  # τ_sys / (1 + S·s), clamped
