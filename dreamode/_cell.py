@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _fast_euler
 from ._checks import check_finite, check_like, check_state, check_tensor
 from ._config import DREAMConfig
 from ._field import DREAMField
@@ -87,13 +88,13 @@ class DREAMCell(nn.Module):
         check_like(where, "x", x, ref)
         check_finite(where, "x", x)
         B = xb.shape[0]
-        init = self.field.initial_state(B)
         if state is None:
-            z = init
+            z = self.field.initial_state(B)
         else:
             if unbatched and isinstance(state, tuple):
                 state = DREAMState(*(c.unsqueeze(0) if isinstance(c, Tensor) else c for c in state))
-            z = check_state(where, state, init)
+            c = self.config
+            z = check_state(where, state, DREAMState.shapes(B, c.input_dim, c.hidden_dim, c.rank), ref)
         step = self._dt(where, dt, B, ref)
         m = None
         if mask is not None:
@@ -104,7 +105,10 @@ class DREAMCell(nn.Module):
             if mb.dtype != torch.bool and not bool(((mb == 0) | (mb == 1)).all()):
                 raise ValueError(f"{where}: mask must hold 0/1 (or bool) values, got other values")
             m = mb.to(ref.dtype)
-        z, _ = _fixed_step(self.field, _EULER, z, StepPath("hold", xb), m, step, None, 1)
+        if _fast_euler.step_applies(self.field, z, xb, m, step):
+            z, _ = _fast_euler.step(self.field, z, xb, m, step, aux=False)
+        else:
+            z, _ = _fixed_step(self.field, _EULER, z, StepPath("hold", xb), m, step, None, 1)
         if unbatched:
             z = DREAMState(*(c.squeeze(0) for c in z))
         return z.h, z

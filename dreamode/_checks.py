@@ -34,17 +34,19 @@ def check_like(where: str, name: str, value: Tensor, ref: Tensor) -> None:
         )
 
 
-def check_state(where: str, state: object, expected: DREAMState, label: str = "state") -> DREAMState:
-    """``state`` must match ``expected`` (an initial state) in type, shapes, dtype and device."""
+def check_state(
+    where: str, state: object, shapes: tuple[tuple[int, ...], ...], ref: Tensor, label: str = "state"
+) -> DREAMState:
+    """``state`` must be a `DREAMState` of these component ``shapes``, on ``ref``'s dtype and device."""
     if not isinstance(state, tuple) or len(state) != len(DREAMState._fields):
         raise TypeError(f"{where}: {label} must be a DREAMState, got {type(state).__name__}")
     state = DREAMState(*state)
-    for name, got, want in zip(DREAMState._fields, state, expected):
+    for name, got, want in zip(DREAMState._fields, state, shapes):
         check_tensor(where, f"{label}.{name}", got)
-        if got.shape != want.shape:
+        if got.shape != want:
             raise ValueError(
-                f"{where}: {label}.{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)} "
+                f"{where}: {label}.{name} has shape {tuple(got.shape)}, expected {want} "
                 "(a state from another batch size or configuration?)"
             )
-        check_like(where, f"{label}.{name}", got, want)
+        check_like(where, f"{label}.{name}", got, ref)
     return state

@@ -84,7 +84,7 @@ def forward_loop(
     HR = H * R
     masked = ms is not None
     hom = h.new_zeros(Bn, 2)
-    U = UU[:, 0]
+    U = UU.select(1, 0)
     UU3 = UU.view(Bn, 2, HR)
     outs: list[Tensor] = []
     saved: list[list[Tensor]] = [[] for _ in range(19)]  # SAVED, then SAVED_MASKED
@@ -98,19 +98,16 @@ def forward_loop(
             e = torch.addcmul(mx, ms[i], pred, value=-1)
             xt = torch.addcmul(mx, OM[i], pred)
             XBV = torch.mm(xt, BV)
-            XB = XBV[:, :H]
-            xV = XBV[:, H:]
+            XB, xV = XBV.split([H, R], 1)
             XV3 = xV.unsqueeze(1)
             eWV = torch.mm(e, WV)
         else:
             assert xall is not None
-            xa = xall[i]
+            XB, xWV = xall[i].split([H, H + R], 1)
             e = xs[i] - pred
-            eWV = torch.addmm(xa[:, H:], pred, negWV)
-            XB = xa[:, :H]
-            XV3 = xa[:, 2 * H :].unsqueeze(1)
-        eW = eWV[:, :H]
-        eV = eWV[:, H:]
+            eWV = torch.addmm(xWV, pred, negWV)
+            XV3 = xWV.narrow(1, H, R).unsqueeze(1)
+        eW, eV = eWV.split([H, R], 1)
         dev = e - em
         dev2 = dev * dev
         ep = ev + eps_var
@@ -130,25 +127,25 @@ def forward_loop(
         HZ = torch.cat([Z, hom, n.clamp(max=theta)], 1)
         Lin = torch.addmm(bL, HZ, ML)  # [1/τ, S, forget, homeo, ζg, 1 + κS, S, min(n, θ)]
         DT = Lin * dt8[i]  # [Δt/τ, Δt·S, kF, kH, csg, 1 + κS, S, min(n, θ)]
-        a = DT[:, 0:1]
+        a, dtS, kFHC, c1, tgt = DT.split([1, 1, 3, 1, 2], 1)
         if dtlo is not None and dthi is not None:
             a = a.clamp(dtlo[i], dthi[i])
-        base = torch.addcmul(eW, DT[:, 5:6], XB)
+        base = torch.addcmul(eW, c1, XB)
         ht = torch.baddbmm(base.unsqueeze(1), XV3, U).tanh_().view(Bn, H)
         h_new = torch.lerp(h, ht, a)
         Mix = eye4
         UU3n = UU3
         if mix:
-            Mix = torch.addmm(eye4, DT[:, 2:5], basis).view(Bn, 2, 2)
+            Mix = torch.addmm(eye4, kFHC, basis).view(Bn, 2, 2)
             UU3n = torch.bmm(Mix, UU3)
         UUn = UU3n.view(Bn, 2, R, H)
         gain = hom
         if fw:
-            gain = DT[:, 1:2] * h * eta
-            UUn[:, 0].addcmul_(eV.unsqueeze(-1), gain.unsqueeze(1))
+            gain = dtS * h * eta
+            UUn.select(1, 0).addcmul_(eV.unsqueeze(-1), gain.unsqueeze(1))
         em_n = torch.lerp(em, e, dtr[i])
         ev_n = torch.lerp(ev, dev2, dtr[i])
-        sc_n = torch.lerp(sc, DT[:, 6:8], dtR[i])
+        sc_n = torch.lerp(sc, tgt, dtR[i])
         if save:
             for j, val in enumerate([h, UU, pred, e, dev, ep, A, Q, HZ, Lin, DT, ht, eV, Mix, gain, rn]):
                 if j == 1:
@@ -170,7 +167,7 @@ def forward_loop(
             ev_n = torch.where(keep, ev, ev_n)
             sc_n = torch.where(keep, sc, sc_n)
         h, UU, UU3, em, ev, sc = h_new, UUn, UU3n, em_n, ev_n, sc_n
-        U = UU[:, 0]
+        U = UU.select(1, 0)
         outs.append(h)
     return outs, h, UU, em, ev, sc, saved
 
@@ -223,9 +220,9 @@ def backward_loop(
     lists: list[list[Tensor]] = [[] for _ in range(10)]
     for i in range(hi - 1, lo - 1, -1):
         if g_out is not None:
-            gh = gh + g_out[:, i]
+            gh = gh + g_out.select(1, i)
         UU = UUs[i - lo]
-        U = UU[:, 0]
+        U = UU.select(1, 0)
         h3 = H3[i]
         # fast weights and sleep: UU_n = Mix @ UU, plus gain ⊗ eV on U
         if mix:
@@ -235,13 +232,13 @@ def backward_loop(
         else:
             gkFHC = zB3
             gUUp = gUU.clone()
-        gU0 = gUUp[:, 0]
+        gU0 = gUUp.select(1, 0)
         g_gain = zB1
         geV = zBR
         g_dtS = zB1
         tg = zB1
         if EV3 is not None and GAIN3 is not None:
-            GU0 = gUU[:, 0]
+            GU0 = gUU.select(1, 0)
             g_gain = torch.bmm(EV3[i], GU0).view(Bn, H)
             geV = torch.bmm(GAIN3[i], GU0.transpose(1, 2)).view(Bn, R)
             tg = g_gain * eta
@@ -267,11 +264,10 @@ def backward_loop(
         gLin = v * D1[i]
         gHZf = torch.mm(gLin, MLt) * D2[i]  # [gY_S, gY_g, g‖U‖/‖U‖·…, 0, g n (target)]
         if fw:
-            gU0.addcmul_(gHZf[:, 2:3].unsqueeze(-1), U)
+            gU0.addcmul_(gHZf.narrow(1, 2, 1).unsqueeze(-1), U)
         gQ = torch.mm(gHZf, Mq) * D3[i]
-        gq = gQ[:, 0:1]
-        gA = gQ[:, 1:2]
-        gsc = torch.addcmul(gQ[:, 2:4], gsc, omdtR[i])
+        gq, gA, gscQ = gQ.split([1, 1, 2], 1)
+        gsc = torch.addcmul(gscQ, gsc, omdtR[i])
         # running statistics
         ge = gem * dtr[i]
         gdev = torch.addcmul(P1[i] * gev, gq, P2[i])

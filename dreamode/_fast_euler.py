@@ -282,7 +282,7 @@ class _Seq:
         if ms is None:
             if xall is None:
                 # one (T·B, I) x (I, 2H+R) product (matmul on the transposed view would batch it)
-                xall = torch.mm(xs.reshape(T * Bn, I), self.BWV).view(T, Bn, -1)
+                xall = torch.mm(xs.reshape(T * Bn, I), self.BWV).view(T, Bn, self.BWV.shape[1])
             self.xall = xall
         else:
             self.xall = None
@@ -747,18 +747,25 @@ def step_applies(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, d
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
-def step(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> tuple[DREAMState, FieldAux]:
+def step(
+    f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor, aux: bool = True
+) -> tuple[DREAMState, FieldAux | None]:
     """One Euler step of ``dt`` ``(B,)`` without a gradient: ``(state, aux at the start of the step)``.
 
-    The aux holds what a trace records (surprise, τ, prediction, error norm); its ``decay`` (used
-    by the semi-implicit step only) is left empty.
+    The aux (``None`` unless ``aux``) holds what a trace records (surprise, τ, prediction, error
+    norm); its ``decay`` (used by the semi-implicit step only) is left empty.
     """
     with torch.no_grad():
         cfg = f.config
         h0, U0, Ut0, em0, ev0, as0, at0 = z
         # integrate_layer freezes padded samples itself
         seq = _Seq(cfg, x, dt, mask, _weights_cached(f), None, single=True)
-        _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), save=True)
+        _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), save=aux)
+        U, Ut = UU.transpose(2, 3).unbind(1)
+        as_, at = sc.unbind(1)
+        state = DREAMState(h, U, Ut, em, ev, as_, at)
+        if not aux:
+            return state, None
         sv = seq.saved
         pred, n, Z, Lin = sv["pred"][0], sv["Q"][0][:, 0:1], sv["HZ"][0][:, 0:2], sv["Lin"][0]
         S = Z[:, 0]
@@ -766,6 +773,4 @@ def step(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tenso
             tau = Lin[:, 0].reciprocal().clamp_(cfg.tau_min, cfg.tau_max)  # τ_sys / (1 + S·s), clamped
         else:
             tau = f.tau_sys.expand_as(S)
-        U, Ut = UU.transpose(2, 3).unbind(1)
-        as_, at = sc.unbind(1)
-        return DREAMState(h, U, Ut, em, ev, as_, at), FieldAux(S, tau, pred, n[:, 0])
+        return state, FieldAux(S, tau, pred, n[:, 0])

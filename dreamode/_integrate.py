@@ -9,6 +9,7 @@ with ``dz/du = Δt · f(z; x(u))``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -157,6 +158,80 @@ class _StepODE(nn.Module):
         return tuple(d * v for d, v in zip(dz, _views(self.dt, dz)))
 
 
+def _adaptive_step(
+    f: DREAMField,
+    integ: Integrator,
+    z: DREAMState,
+    step_path: StepPath,
+    m: Tensor | None,
+    dt: Tensor,
+    unit: Tensor,
+    i: int,
+) -> tuple[DREAMState, int, int, int]:
+    """One observation step with an adaptive or scipy solver: ``(state, nfe, steps, rejected)``."""
+    ode = _StepODE(f, step_path, m, dt)
+    extra = tuple(a for a in (*step_path.tensors(), dt) if a.requires_grad) if integ.adjoint else ()
+    try:
+        sol = solvers.solve(
+            ode,
+            tuple(z),
+            unit,
+            method=integ.method,
+            adjoint=integ.adjoint,
+            rtol=integ.rtol,
+            atol=integ.atol,
+            options=integ.options,
+            adjoint_params=extra,
+        )
+    except solvers.SolverError as err:
+        raise solvers.SolverError(
+            f"DREAM: the solve of step {i} (into observation {i}; its t is the fraction u in [0, 1] "
+            f"of each sample's interval) failed: {err}"
+        ) from None
+    z = DREAMState(*(y[-1] for y in sol.ys))
+    return z, sol.stats.nfe or 0, sol.stats.steps or 0, sol.stats.rejected or 0
+
+
+class _AdjointSegment(torch.autograd.Function):
+    """Observations ``lo .. hi-1`` of an adjoint solve, kept as their start state only.
+
+    The forward receives what was computed without a graph (outputs and final state); the backward
+    solves the segment again from its start state with the graph on (the adjoint solver inside)
+    and differentiates it. Inputs: ``recompute``, ``lo``, ``hi``, the outputs ``(B, n, H)``, ``x``,
+    ``dt``, the 7 final state components, the 7 start components, then the trainable parameters.
+    """
+
+    @staticmethod
+    def forward(ctx, recompute, lo, hi, out, x, dt, *rest):  # noqa: D102
+        n = len(DREAMState._fields)
+        ctx.recompute, ctx.lo, ctx.hi = recompute, lo, hi
+        ctx.save_for_backward(x, dt, *rest[n:])
+        return (out.clone(), *(c.clone() for c in rest[:n]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, *g_end):  # noqa: D102
+        n = len(DREAMState._fields)
+        x, dt, *rest = ctx.saved_tensors
+        z0, params = rest[:n], rest[n:]
+        need = ctx.needs_input_grad
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(need[4])
+            dtd = dt.detach().requires_grad_(need[5])
+            z0d = [c.detach().requires_grad_(need[6 + n + j]) for j, c in enumerate(z0)]
+            outs, z_end = ctx.recompute(ctx.lo, ctx.hi, xd, dtd, DREAMState(*z0d))
+            ys, gs = [torch.stack(outs, 1)], [g_out]
+            for c, g in zip(z_end, g_end):
+                if c.requires_grad:
+                    ys.append(c)
+                    gs.append(g)
+            wrt = [t for t in (xd, dtd, *z0d, *params) if t.requires_grad]
+            got = iter(torch.autograd.grad(ys, wrt, gs, allow_unused=True)) if wrt else iter(())
+        grads = [next(got) if t.requires_grad else None for t in (xd, dtd, *z0d, *params)]
+        gx, gdt, gz, gp = grads[0], grads[1], grads[2 : 2 + n], grads[2 + n :]
+        return (None, None, None, None, gx, gdt, *([None] * n), *gz, *gp)
+
+
 def _warn_if_stiff(f: DREAMField, integ: Integrator, substep: Tensor) -> None:
     """`StiffStepWarning` when an explicit method's longest sub-step passes the stability limit."""
     if integ.tableau is None:
@@ -218,47 +293,54 @@ def integrate_layer(
     auxes: list[FieldAux] = []
     u_norms: list[Tensor] = []
     unit = torch.tensor([0.0, 1.0], dtype=torch.float64, device=x.device)
-    for i in range(T):
-        step_path = path.step(i)
-        z_prev = z
-        m = None if mask is None else mask[:, i]
-        if integ.fixed_step:
-            z, aux = _fixed_step(f, integ, z, step_path, m, dt[:, i], None if n_sub is None else n_sub[:, i], n_max[i])
-            stats.nfe += stages * n_max[i]
-            stats.steps += n_max[i]
-            stats.per_step_nfe.append(stages * n_max[i])
-        else:
-            if trace:
-                aux = f.evaluate(z, step_path.at(0.0), m)[1]
-            ode = _StepODE(f, step_path, m, dt[:, i])
-            extra = tuple(a for a in (*step_path.tensors(), dt) if a.requires_grad) if integ.adjoint else ()
-            try:
-                sol = solvers.solve(
-                    ode,
-                    tuple(z),
-                    unit,
-                    method=integ.method,
-                    adjoint=integ.adjoint,
-                    rtol=integ.rtol,
-                    atol=integ.atol,
-                    options=integ.options,
-                    adjoint_params=extra,
-                )
-            except solvers.SolverError as err:
-                raise solvers.SolverError(
-                    f"DREAM: the solve of step {i} (into observation {i}; its t is the fraction u in [0, 1] "
-                    f"of each sample's interval) failed: {err}"
-                ) from None
-            z = DREAMState(*(y[-1] for y in sol.ys))
-            stats.nfe += sol.stats.nfe or 0
-            stats.steps += sol.stats.steps or 0
-            stats.rejected += sol.stats.rejected or 0
-            stats.per_step_nfe.append(sol.stats.nfe or 0)
-        if frozen[i]:
-            keep = dt[:, i] == 0
-            z = DREAMState(*(torch.where(v, old, new) for v, old, new in zip(_masks(keep, z), z_prev, z)))
-        outputs.append(z.h)
-        if trace:
-            auxes.append(aux)
-            u_norms.append(z.U.detach().flatten(1).norm(dim=1))
+
+    def steps(
+        lo: int, hi: int, z: DREAMState, record: bool, path: SequencePath = path, dt: Tensor = dt
+    ) -> tuple[list[Tensor], DREAMState]:
+        """Steps ``lo .. hi-1`` from ``z``; ``record``: count them in ``stats`` and the trace."""
+        outs = []
+        for i in range(lo, hi):
+            step_path = path.step(i)
+            z_prev = z
+            m = None if mask is None else mask[:, i]
+            if integ.fixed_step:
+                n_i = None if n_sub is None else n_sub[:, i]
+                z, aux = _fixed_step(f, integ, z, step_path, m, dt[:, i], n_i, n_max[i])
+                nfe, n_steps, rejected = stages * n_max[i], n_max[i], 0
+            else:
+                if trace:
+                    aux = f.evaluate(z, step_path.at(0.0), m)[1]
+                z, nfe, n_steps, rejected = _adaptive_step(f, integ, z, step_path, m, dt[:, i], unit, i)
+            if frozen[i]:
+                keep = dt[:, i] == 0
+                z = DREAMState(*(torch.where(v, old, new) for v, old, new in zip(_masks(keep, z), z_prev, z)))
+            outs.append(z.h)
+            if record:
+                stats.nfe += nfe
+                stats.steps += n_steps
+                stats.rejected += rejected
+                stats.per_step_nfe.append(nfe)
+                if trace:
+                    auxes.append(aux)
+                    u_norms.append(z.U.detach().flatten(1).norm(dim=1))
+        return outs, z
+
+    if integ.adjoint and not trace and torch.is_grad_enabled() and T > 1:
+        # The adjoint keeps no solver intermediates, but autograd would still hold every
+        # observation's solve (its state and its node). Keep the state every ~√T observations
+        # instead and redo the solves in between, with the adjoint, during the backward.
+        def recompute(lo: int, hi: int, xs: Tensor, dts: Tensor, z: DREAMState) -> tuple[list[Tensor], DREAMState]:
+            return steps(lo, hi, z, False, SequencePath.build(interpolation, xs, dts), dts)
+
+        seg = math.isqrt(T - 1) + 1
+        params = tuple(p for p in f.parameters() if p.requires_grad)
+        for lo in range(0, T, seg):
+            hi = min(lo + seg, T)
+            with torch.no_grad():
+                outs, z_next = steps(lo, hi, z, True)
+            res = _AdjointSegment.apply(recompute, lo, hi, torch.stack(outs, 1), x, dt, *z_next, *z, *params)
+            outputs.extend(res[0].unbind(1))
+            z = DREAMState(*res[1:])
+    else:
+        outputs, z = steps(0, T, z, True)
     return torch.stack(outputs, dim=1), z, Trace.stack(auxes, u_norms) if trace else None, stats

@@ -486,9 +486,8 @@ class DREAMStack(nn.Module):
         return mb.to(xb.dtype)
 
     def _states(self, where: str, state: StateArg, B: int, unbatched: bool) -> list[DREAMState]:
-        init = [f.initial_state(B) for f in self.fields]
         if state is None:
-            return init
+            return [f.initial_state(B) for f in self.fields]
         if self.num_layers == 1 and isinstance(state, DREAMState):
             given = [state]
         elif (
@@ -503,11 +502,13 @@ class DREAMStack(nn.Module):
         if len(given) != self.num_layers:
             raise ValueError(f"{where}: expected a state for each of the {self.num_layers} layers, got {len(given)}")
         out = []
-        for i, (s, want) in enumerate(zip(given, init)):
+        for i, (s, f) in enumerate(zip(given, self.fields)):
             label = "state" if self.num_layers == 1 else f"state[{i}]"
             if unbatched:
                 s = DREAMState(*(c.unsqueeze(0) if isinstance(c, Tensor) else c for c in s))
-            out.append(check_state(where, s, want, label))
+            c = f.config
+            shapes = DREAMState.shapes(B, c.input_dim, c.hidden_dim, c.rank)
+            out.append(check_state(where, s, shapes, f.C, label))
         return out
 
 

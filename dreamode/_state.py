@@ -32,6 +32,12 @@ class DREAMState(NamedTuple):
     avg_surprise: Tensor
     adaptive_tau: Tensor
 
+    @staticmethod
+    def shapes(batch_size: int, input_dim: int, hidden_dim: int, rank: int) -> tuple[tuple[int, ...], ...]:
+        """The shape of each component, in field order."""
+        B, H, R, I = batch_size, hidden_dim, rank, input_dim
+        return ((B, H), (B, H, R), (B, H, R), (B, I), (B, I), (B,), (B,))
+
     @classmethod
     def initial(
         cls,
