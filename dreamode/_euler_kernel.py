@@ -10,16 +10,12 @@ once per process on first use (a few tens of milliseconds) and run with the grap
 optimisations switched off: no profiling runs, no shape specialisation, no code generation — the
 same operations as eager mode, in the same order, with the same results.
 
-If scripting is unavailable (a future torch without ``torch.jit``), or switched off with
-:func:`interpreted` (the tests compare both), the same functions run as ordinary Python.
+If scripting is unavailable (a future torch without ``torch.jit``, or no source files to read),
+or switched off with :func:`._script.interpreted` (the tests compare both), the same functions run
+as ordinary Python.
 """
 
 from __future__ import annotations
-
-import contextlib
-import warnings
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -301,40 +297,75 @@ def backward_loop(
     return gh, gUU, gem, gev, gsc, lists
 
 
-# -- scripting -----------------------------------------------------------------------------------
+def single_step(
+    h: Tensor,
+    UU: Tensor,
+    em: Tensor,
+    ev: Tensor,
+    sc: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    BWV: Tensor,
+    w: list[Tensor],
+    consts: list[Tensor],
+    step_consts: list[Tensor],
+    rates: list[float],
+    theta: float,
+    fw: bool,
+    mix: bool,
+    ltc: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One unmasked step from ``x`` ``(B, I)`` and ``dt`` ``(B,)``: the new ``(h, UU, em, ev, sc)``.
 
-_script: dict[str, Any] = {}
-_use_script = True
-
-
-@contextlib.contextmanager
-def interpreted() -> Iterator[None]:
-    """Within this context the loops run as ordinary Python (for comparisons and debugging)."""
-    global _use_script
-    old = _use_script
-    _use_script = False
-    try:
-        yield
-    finally:
-        _use_script = old
-
-
-def _scripted(fn: Callable) -> Callable | None:
-    name = fn.__name__
-    if name not in _script:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of compile
-                _script[name] = torch.jit.script(fn)
-        except Exception:  # noqa: BLE001 - no TorchScript here: the eager function is the fallback
-            _script[name] = None
-    return _script[name]
-
-
-def call(fn: Callable, *args: Any) -> Any:
-    """``fn(*args)``, through its TorchScript version when there is one."""
-    s = _scripted(fn) if _use_script else None
-    if s is None:
-        return fn(*args)
-    with torch.jit.optimized_execution(False):
-        return s(*args)
+    What ``_Seq`` prepares for a sequence, done here for one step (``DREAMCell``'s streaming
+    loop pays no Python for it). ``w`` = ``[C, Vᵀ, [W | V], −[W | V], [B | V], η, MY, bY, ML, bL]``;
+    ``step_consts`` = ``[the two statistics' rates, 1 on the columns of L without Δt, 1 on those
+    with]``; ``rates`` = ``[β/Δt_ref, 1/tau_max, 1/tau_min]``.
+    """
+    C, Vt, WV, negWV, BV, eta, MY, bY, ML, bL = w
+    sc_rates, dt8_one, dt8_mask = step_consts
+    Bn = x.shape[0]
+    dt1 = dt.view(1, Bn, 1)
+    dtlo: Tensor | None = None
+    dthi: Tensor | None = None
+    if ltc:
+        dtlo = dt1 * rates[1]
+        dthi = dt1 * rates[2]
+    xall = torch.mm(x, BWV).view(1, Bn, BWV.shape[1])
+    _, h, UU, em, ev, sc, _ = forward_loop(
+        h,
+        UU,
+        em,
+        ev,
+        sc,
+        x.unsqueeze(0),
+        torch.addcmul(dt8_one, dt1, dt8_mask),
+        dt1 * rates[0],
+        dt1 * sc_rates,
+        dtlo,
+        dthi,
+        xall,
+        None,
+        None,
+        None,
+        None,
+        None,
+        [False],
+        C,
+        Vt,
+        WV,
+        negWV,
+        BV,
+        eta,
+        MY,
+        bY,
+        ML,
+        bL,
+        consts,
+        theta,
+        fw,
+        mix,
+        False,
+        1,
+    )
+    return h, UU, em, ev, sc

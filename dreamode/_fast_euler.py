@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _euler_kernel
+from . import _euler_kernel, _script
 from ._field import DREAMField, FieldAux
 from ._state import DREAMState
 
@@ -151,7 +151,7 @@ def _tensors_of(f: DREAMField) -> tuple[Tensor, ...]:
 
 def _weights_cached(f: DREAMField) -> _Weights:
     """The field's :class:`_Weights` without autograd, rebuilt only when a parameter has changed."""
-    key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in _tensors_of(f))
+    key = tuple((p._version, p.data_ptr()) for p in _tensors_of(f))  # a new dtype or device moves the data
     hit = _WEIGHT_CACHE.get(f)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -307,7 +307,7 @@ class _Seq:
         every = self.uu_every = 1 if UU.numel() * UU.element_size() * self.T <= _UU_BUDGET else _UU_EVERY
         consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis]
         with _serial(self.xs.device, self.work):
-            outs, h, UU, em, ev, sc, saved = _euler_kernel.call(
+            outs, h, UU, em, ev, sc, saved = _script.call(
                 _euler_kernel.forward_loop,
                 h,
                 UU,
@@ -501,7 +501,7 @@ class _Seq:
             lists: list[list[Tensor]] = [[] for _ in range(10)]
             with _serial(self.xs.device, self.work):
                 for lo, hi, UUs in segments:
-                    gh, gUU, gem, gev, gsc, seg = _euler_kernel.call(
+                    gh, gUU, gem, gev, gsc, seg = _script.call(
                         _euler_kernel.backward_loop,
                         lo,
                         hi,
@@ -758,6 +758,8 @@ def step(
     with torch.no_grad():
         cfg = f.config
         h0, U0, Ut0, em0, ev0, as0, at0 = z
+        if mask is None and not aux:
+            return _cell_step(f, h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), x, dt), None
         # integrate_layer freezes padded samples itself
         seq = _Seq(cfg, x, dt, mask, _weights_cached(f), None, single=True)
         _, h, UU, em, ev, sc = seq.forward(h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), save=aux)
@@ -774,3 +776,38 @@ def step(
         else:
             tau = f.tau_sys.expand_as(S)
         return state, FieldAux(S, tau, pred, n[:, 0])
+
+
+def _cell_step(
+    f: DREAMField, h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor, x: Tensor, dt: Tensor
+) -> DREAMState:
+    """An unmasked step without the trace's aux, prepared inside TorchScript (``DREAMCell``)."""
+    cfg = f.config
+    w = _weights_cached(f)
+    k = _consts(cfg, x.shape[1], x.dtype, x.device)
+    work = x.shape[0] * w.C.shape[0] * (x.shape[1] + 2 * w.V.shape[1])
+    with torch.inference_mode(), _serial(x.device, work):
+        h, UU, em, ev, sc = _script.call(
+            _euler_kernel.single_step,
+            h,
+            UU,
+            em,
+            ev,
+            sc,
+            x,
+            dt,
+            w.BWV,
+            [w.C, w.Vt, w.WV, w.negWV, w.BV, w.eta, w.MY, w.bY, w.ML, w.bL],
+            [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis],
+            [k.rates, k.dt8_one, k.dt8_mask],
+            [cfg.error_smoothing / cfg.time_step, 1 / cfg.tau_max, 1 / cfg.tau_min],
+            float(cfg.max_adaptive_tau),
+            cfg.fast_weights,
+            cfg.fast_weights or cfg.sleep_enabled,
+            cfg.ltc_enabled,
+        )
+    # outside inference mode again: ordinary tensors, usable later with autograd
+    h, UU, em, ev, sc = h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
+    U, Ut = UU.transpose(2, 3).unbind(1)
+    as_, at = sc.unbind(1)
+    return DREAMState(h, U, Ut, em, ev, as_, at)

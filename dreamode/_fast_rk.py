@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _fast_euler as fe
+from . import _rk_kernel, _script
 from ._field import DREAMField
 from ._path import SequencePath, StepPath
 from ._state import DREAMState
@@ -422,6 +423,44 @@ class _Runner:
         self.saved = sv_all
         return torch.stack(outs), y, UU
 
+    def infer(
+        self, y: Tensor, UU: Tensor, dts: Tensor, diff: list[Tensor], ws: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` without saving, through TorchScript (:mod:`._rk_kernel`)."""
+        ev = self.ev
+        k = ev.k
+        H = ev.H
+        if ev.masked:
+            xins = [[d, *self.fixed] for d in diff]
+        else:
+            xins = [[xc, xall[..., :H], xall[..., H:], xall[..., 2 * H :]] for xc, xall in zip(diff[0::2], diff[1::2])]
+        C, WV, BV, eta, MY, bY, ML4, bL = ws
+        w = [C, ev.w.Vt, WV, BV, eta, MY, bY, ML4, bL]
+        consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.basis, ev.rates, ev.hom0]
+        keeps = torch.stack(self.keeps) if any(self.frozen) else dts
+        return _script.call(
+            _rk_kernel.forward_loop,
+            y,
+            UU,
+            dts,
+            xins,
+            self.c_idx,
+            self.a_rows,
+            self.b_row,
+            ev.C0.expand(ev.B, 2, ev.n),
+            ev.E,
+            keeps,
+            self.frozen,
+            w,
+            consts,
+            [H, ev.I, ev.R],
+            [float(ev.N), float(ev.theta), float(ev.itau_lo), float(ev.itau_hi)],
+            ev.fw,
+            ev.mix,
+            ev.ltc,
+            ev.masked,
+        )
+
     def backward(
         self, dts: Tensor, diff: list[Tensor], ws: tuple[Tensor, ...], g_out: Tensor | None, gy: Tensor, gUU: Tensor
     ) -> tuple:
@@ -644,7 +683,7 @@ def run_sequence(
         else:
             with torch.inference_mode():
                 runner, y, UU, dts, diff, ws = prepare()
-                out, y, UU = runner.forward(y, UU, dts, diff, ws, save=False)
+                out, y, UU = runner.infer(y, UU, dts, diff, ws)
             out, y, UU = out.clone(), y.clone(), UU.clone()  # ordinary tensors again
     h, em, ev_, sc = y.split([H, I, I, 2], 1)
     U, Ut = UU.view(Bn, 2, R, H).transpose(2, 3).unbind(1)

@@ -65,6 +65,20 @@ def test_x_with_nan_or_inf(model, x, bad):
         model(x)
 
 
+def test_finite_check_is_exact_when_the_sum_overflows():
+    """The finiteness check sums first; finite values whose sum overflows still pass, and an
+    infinity among them is still found."""
+    from dreamode._checks import check_finite
+
+    big = torch.full((4, 3), 3e38, dtype=torch.float32)  # finite; the float32 sum is inf
+    check_finite("DREAM", "x", big)
+    big[2, 1] = math.inf
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(first at index \(2, 1\)\)"):
+        check_finite("DREAM", "x", big)
+    mixed = torch.tensor([3e38, 3e38, -3e38, -3e38, -3e38, 3e38], dtype=torch.float32)  # partial sums ±inf
+    check_finite("DREAM", "x", mixed)
+
+
 # -- times and dt ----------------------------------------------------------------------------
 
 

@@ -385,7 +385,7 @@ def test_thread_count_is_restored():
 @pytest.mark.parametrize("name", ["default", "ltc_off", "both_off"])
 def test_scripted_loops_equal_the_python_loops(name, masked):
     """The loops run through TorchScript by default; as plain Python they give the same bits."""
-    from dreamode import _euler_kernel as ek
+    from dreamode import _script
 
     model = _model(**CASES[name])
     x, dt, mask = _data()
@@ -393,8 +393,10 @@ def test_scripted_loops_equal_the_python_loops(name, masked):
     state0 = _state0(model, 4)
     m = mask if masked else None
     o1, s1, g1 = _run(model, x, dt, m, lengths, state0, fast=True)
-    assert ek._script.get("forward_loop") is not None and ek._script.get("backward_loop") is not None
-    with ek.interpreted():
+    from dreamode import _euler_kernel as ek
+
+    assert _script.is_scripted(ek.forward_loop) and _script.is_scripted(ek.backward_loop)
+    with _script.interpreted():
         o2, s2, g2 = _run(model, x, dt, m, lengths, state0, fast=True)
     assert torch.equal(o1, o2)
     for k in STATE_FIELDS:
@@ -403,3 +405,29 @@ def test_scripted_loops_equal_the_python_loops(name, masked):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+@pytest.mark.parametrize("method", ["rk4", "midpoint"])
+@pytest.mark.parametrize("name", ["default", "both_off", "sleep_off"])
+def test_scripted_runge_kutta_inference_equals_its_python_loop(name, method, masked, monkeypatch):
+    """Without a gradient the Runge-Kutta loop runs through TorchScript (dreamode/_rk_kernel.py);
+    the Python loop that the training path uses gives the same bits."""
+    from dreamode import _rk_kernel, _script
+
+    model = _model(solver=method, **CASES[name])
+    x, dt, mask = _data()
+    lengths = torch.tensor([24, 11, 1, 17])
+    state0 = _state0(model, 4)
+    m = mask if masked else None
+    with torch.no_grad(), counting() as calls:
+        o1, s1 = model(x, state0, dt=dt, mask=m, lengths=lengths)
+    assert calls["rk"] == 1 and _script.is_scripted(_rk_kernel.forward_loop)
+    monkeypatch.setattr(
+        frk._Runner, "infer", lambda self, y, UU, dts, diff, ws: self.forward(y, UU, dts, diff, ws, False)
+    )
+    with torch.no_grad():
+        o2, s2 = model(x, state0, dt=dt, mask=m, lengths=lengths)
+    assert torch.equal(o1, o2)
+    for a, b in zip(s1, s2):
+        assert torch.equal(a, b)
