@@ -21,7 +21,7 @@ def check_finite(where: str, name: str, value: Tensor) -> None:
         return
     # a NaN or an infinity makes the sum NaN or infinite: one reduction and one read-back;
     # only a sum that overflowed (or a non-finite value) needs the element-wise test
-    if math.isfinite(float(value.sum())) or bool(torch.isfinite(value).all()):
+    if math.isfinite(float(value.detach().sum())) or bool(torch.isfinite(value).all()):
         return
     bad = (~torch.isfinite(value)).nonzero()[0].tolist()
     raise ValueError(
