@@ -25,7 +25,9 @@ few dozen whole-batch tensor operations (docs/performance.md has the design note
   reverse recurrence works on whole ``(B, ·)`` tensors, and the weight gradients (C, B, W, eta, the
   two scalar matrices) and the input gradient are a few large products after the loop. Outputs are
   stacked once at the end, never written into a buffer under autograd.
-* The loops run in inference mode with one intra-op thread (small steps, CPU).
+* The loops run in inference mode with one intra-op thread (small steps, CPU), in TorchScript's
+  interpreter (:mod:`._euler_kernel`, :mod:`._script`): the same operations without Python's
+  per-operation overhead.
 
 Padding (``Δt = 0``) selects the old state, as the generic path does.
 """

@@ -18,7 +18,8 @@ the field of dream-math.md §3 at every stage, ``z + Δt·a·k`` between stages 
   Euler): derivatives that depend on forward values only are computed for all stages at once, the
   weights' gradients are products over all stages and steps after the reverse loop.
 
-Without a gradient the loop runs in inference mode with one intra-op thread. The generic path stays
+Without a gradient the loop runs in inference mode with one intra-op thread, through TorchScript
+(:mod:`._rk_kernel`, the same operations as :meth:`_Runner.forward`). The generic path stays
 the reference: tests/dreamode/test_fast_euler.py checks values and every gradient to 1e-12 in
 float64, and gradcheck checks the backward.
 """
