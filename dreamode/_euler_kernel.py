@@ -5,10 +5,11 @@ projections, per-step factors of Δt, the small matrices of the learned scalars)
 loops below the prepared tensors. A DREAM step is some forty small tensor operations; called from
 Python each costs about 7 µs of interpreter and dispatch overhead on this project's benchmark
 machine, more than the arithmetic itself at the default sizes. TorchScript's interpreter runs the
-same operations for about a quarter of that (docs/performance.md). The functions are scripted
-once per process on first use (a few tens of milliseconds) and run with the graph executor's
-optimisations switched off: no profiling runs, no shape specialisation, no code generation — the
-same operations as eager mode, in the same order, with the same results.
+same operations for 2-3 µs each: a model too small to have arithmetic went from 344 to 178 µs a
+step (docs/performance.md). The functions are scripted once per process on first use (about 0.1 s)
+and run with the graph executor's optimisations switched off: no profiling runs, no shape
+specialisation, no code generation — the same operations as eager mode, in the same order, with
+the same results.
 
 If scripting is unavailable (a future torch without ``torch.jit``, or no source files to read),
 or switched off with :func:`._script.interpreted` (the tests compare both), the same functions run
@@ -87,7 +88,7 @@ def forward_loop(
     for i in range(T):
         hU = torch.bmm(h.unsqueeze(1), U.transpose(1, 2)).view(Bn, R)
         pred = torch.addmm(torch.mm(hU, Vt), h, C).tanh_()
-        xt = pred
+        xt = pred  # xt and xV: defined on both branches for TorchScript; only a mask saves them
         xV = hU
         if MX is not None and OM is not None and ms is not None:
             mx = MX[i]
