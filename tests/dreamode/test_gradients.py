@@ -31,21 +31,32 @@ def _grads(model, x, dt):
     return torch.autograd.grad(loss, (x, *model.parameters()))
 
 
-def test_adjoint_matches_direct_backprop():
+def _direct_and_adjoint(hidden, **kw):
+    """Two ``DREAM(3, hidden, rank=2)`` with the same weights: dopri5 at rtol 1e-10, direct and adjoint."""
     torch.manual_seed(0)
-    kw = dict(solver="dopri5", rtol=1e-10, atol=1e-12, dtype=F64, tau_min=0.01)
-    direct = DREAM(3, 5, rank=2, **kw)
-    adjoint = DREAM(3, 5, rank=2, adjoint=True, **kw)
+    kw = dict(solver="dopri5", rtol=1e-10, atol=1e-12, dtype=F64, tau_min=0.01, **kw)
+    direct = DREAM(3, hidden, rank=2, **kw)
+    adjoint = DREAM(3, hidden, rank=2, adjoint=True, **kw)
     adjoint.load_state_dict(direct.state_dict())
+    return direct, adjoint
+
+
+def _assert_close(names, adjoint, direct, tol=1e-6):
+    """Each adjoint gradient within ``tol`` (relative 2-norm) of direct backpropagation's."""
+    for name, a, b in zip(names, adjoint, direct, strict=True):
+        rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
+        assert rel < tol, (name, rel)
+
+
+def test_adjoint_matches_direct_backprop():
+    direct, adjoint = _direct_and_adjoint(5)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 3, generator=g, dtype=F64, requires_grad=True)
     dt = torch.tensor([[0.5, 0.2, 0.3, 0.4], [0.1, 0.6, 0.2, 0.3]], dtype=F64)
     g_direct = _grads(direct, x, dt)
     g_adjoint = _grads(adjoint, x, dt)
     names = ["x"] + [n for n, _ in direct.named_parameters()]
-    for name, a, b in zip(names, g_adjoint, g_direct):
-        rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
-        assert rel < 1e-6, (name, rel)
+    _assert_close(names, g_adjoint, g_direct)
 
 
 def test_two_layer_model_trains_with_adjoint():
@@ -76,11 +87,7 @@ def test_adjoint_over_long_sequences_recomputes_segments_exactly():
     """With ``adjoint=True`` the state is kept every ⌈√T⌉ observations and the rest recomputed in
     the backward; gradients (input, steps, initial state, parameters) still match direct
     backpropagation, with padding inside a segment, and the solve statistics count each solve once."""
-    torch.manual_seed(0)
-    kw = dict(solver="dopri5", rtol=1e-10, atol=1e-12, dtype=F64, tau_min=0.01, base_plasticity=2.0)
-    direct = DREAM(3, 5, rank=2, **kw)
-    adjoint = DREAM(3, 5, rank=2, adjoint=True, **kw)
-    adjoint.load_state_dict(direct.state_dict())
+    direct, adjoint = _direct_and_adjoint(5, base_plasticity=2.0)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 7, 3, generator=g, dtype=F64)
     dt = 0.05 + 0.3 * torch.rand(2, 7, generator=g, dtype=F64)
@@ -96,9 +103,7 @@ def test_adjoint_over_long_sequences_recomputes_segments_exactly():
 
     (g_direct, s_direct), (g_adjoint, s_adjoint) = grads(direct), grads(adjoint)
     names = ["x", "dt", "h0"] + [n for n, _ in direct.named_parameters()]
-    for name, a, b in zip(names, g_adjoint, g_direct):
-        rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
-        assert rel < 1e-6, (name, rel)
+    _assert_close(names, g_adjoint, g_direct)
     assert len(s_adjoint.per_step_nfe) == 7
     assert s_adjoint.nfe == sum(s_adjoint.per_step_nfe) == s_direct.nfe
 
@@ -106,11 +111,7 @@ def test_adjoint_over_long_sequences_recomputes_segments_exactly():
 def test_adjoint_segments_with_two_layers_and_a_mask_match_direct_backprop():
     """The second layer's input is the first layer's output (it needs a gradient through the
     segments); the mask reaches the recomputed solves."""
-    torch.manual_seed(0)
-    kw = dict(solver="dopri5", rtol=1e-10, atol=1e-12, dtype=F64, tau_min=0.01, num_layers=2)
-    direct = DREAM(3, 4, rank=2, **kw)
-    adjoint = DREAM(3, 4, rank=2, adjoint=True, **kw)
-    adjoint.load_state_dict(direct.state_dict())
+    direct, adjoint = _direct_and_adjoint(4, num_layers=2)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 6, 3, generator=g, dtype=F64)
     dt = 0.1 + 0.2 * torch.rand(2, 6, generator=g, dtype=F64)
@@ -123,6 +124,4 @@ def test_adjoint_segments_with_two_layers_and_a_mask_match_direct_backprop():
         return torch.autograd.grad(loss, (xi, *model.parameters()))
 
     names = ["x"] + [n for n, _ in direct.named_parameters()]
-    for name, a, b in zip(names, grads(adjoint), grads(direct)):
-        rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
-        assert rel < 1e-6, (name, rel)
+    _assert_close(names, grads(adjoint), grads(direct))
