@@ -207,3 +207,15 @@ def rel_dev(a: Any, b: Any) -> float:
     assert np.isfinite(a).all() and np.isfinite(b).all()
     scale = float(np.abs(b).max())
     return float(np.abs(a - b).max()) / (scale if scale > 0 else 1.0)
+
+
+def autograd_nodes(t: torch.Tensor) -> int:
+    """Autograd nodes reachable from ``t`` (the graph a backward from it would walk)."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(n for n, _ in node.next_functions)
+    return len(seen)

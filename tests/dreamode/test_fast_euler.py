@@ -15,7 +15,7 @@ import contextlib
 
 import pytest
 import torch
-from reference import STATE_FIELDS, rel_dev
+from reference import STATE_FIELDS, autograd_nodes, rel_dev
 from torch.func import functional_call
 
 from dreamode import DREAM, DREAMCell, DREAMState
@@ -219,14 +219,7 @@ def _graph_nodes(solver: str, T: int) -> int:
     """Autograd nodes behind the output of a length-``T`` forward."""
     model = _model(solver=solver)
     out, _ = model(torch.randn(2, T, I, dtype=F64, requires_grad=True))
-    seen, todo = set(), [out.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        todo.extend(nxt for nxt, _ in fn.next_functions)
-    return len(seen)
+    return autograd_nodes(out)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from reference import autograd_nodes
 from torch import nn
 
 from dreamode import DREAM
@@ -98,18 +99,6 @@ def test_100k_step_stream_runs_in_constant_memory():
 # -- truncated backpropagation through time -----------------------------------------------------
 
 
-def _graph_size(t: torch.Tensor) -> int:
-    """Autograd nodes reachable from ``t`` (the graph a backward from it would walk)."""
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        todo.extend(n for n, _ in node.next_functions)
-    return len(seen)
-
-
 def _chunks(n: int, B: int = 3, T: int = 20, seed: int = 0):
     """``n`` chunks of a regression stream: ``(x, times, y)`` with ``y`` the next input's first channel."""
     g = torch.Generator().manual_seed(seed)
@@ -133,7 +122,7 @@ def test_truncated_bptt_with_detach(solver):
     for x, times, y in _chunks(4, T=15):
         out, state = model(x, state, times=times, t0=t0)
         loss = nn.functional.mse_loss(head(out), y)
-        sizes.append(_graph_size(loss))
+        sizes.append(autograd_nodes(loss))
         opt.zero_grad()
         loss.backward()
         for name, p in model.named_parameters():
@@ -154,7 +143,7 @@ def test_without_detach_the_graph_grows_and_a_second_backward_fails():
     state, t0, sizes = None, None, []
     for x, times, _ in _chunks(3):
         out, state = model(x, state, times=times, t0=t0)
-        sizes.append(_graph_size(out.sum()))
+        sizes.append(autograd_nodes(out.sum()))
         t0 = times[:, -1]
     assert sizes[0] < sizes[1] < sizes[2]
     fast = DREAM(I, 8, R)  # the Euler fast path: one autograd node per chunk, freed by its backward

@@ -146,6 +146,20 @@ def _cut(kw: dict, a: int, b: int) -> dict:
     return {k: (v[a:b] if v.dim() == 1 else v[:, a:b]) for k, v in kw.items()}
 
 
+def _in_two_chunks(model, x: torch.Tensor, kw: dict, k: int, T: int):
+    """Steps ``:k``, then ``k:`` continuing from the first chunk's state (with ``t0`` given times).
+
+    Returns ``(first, s_mid, second, s_end, rest)``; ``rest`` holds the second chunk's arguments.
+    """
+    first, s_mid = model(x[:, :k], **_cut(kw, 0, k))
+    rest = _cut(kw, k, T)
+    if "times" in kw:
+        t = kw["times"]
+        rest["t0"] = float(t[k - 1]) if t.dim() == 1 else t[:, k - 1]
+    second, s_end = model(x[:, k:], s_mid, **rest)
+    return first, s_mid, second, s_end, rest
+
+
 @_settings(25)
 @given(case=cases())
 def test_valid_input_runs_finite_and_each_sample_is_independent(case: Case):
@@ -183,12 +197,7 @@ def test_chunked_streaming_and_a_saved_state_continue_one_pass(case: Case, split
     k = 1 + int(split * (case.T - 2) + 0.5)  # 1 <= k <= T - 1
     with torch.no_grad():
         full, s_full = model(x, **kw)
-        first, s_mid = model(x[:, :k], **_cut(kw, 0, k))
-        rest = _cut(kw, k, case.T)
-        if "times" in kw:
-            t = kw["times"]
-            rest["t0"] = float(t[k - 1]) if t.dim() == 1 else t[:, k - 1]
-        second, s_end = model(x[:, k:], s_mid, **rest)
+        first, s_mid, second, s_end, rest = _in_two_chunks(model, x, kw, k, case.T)
 
         buf = io.BytesIO()
         torch.save([s.as_dict() for s in _layers(s_mid)], buf)
@@ -220,12 +229,7 @@ def test_adaptive_solver_properties(case: Case):
         for b in range(case.B):
             alone, _ = model(x[b : b + 1], **_rows(kw, b, case.T))
             assert _dev(out[b : b + 1], alone) <= 1e-4, b
-        first, s_mid = model(x[:, :k], **_cut(kw, 0, k))
-        rest = _cut(kw, k, case.T)
-        if "times" in kw:
-            t = kw["times"]
-            rest["t0"] = float(t[k - 1]) if t.dim() == 1 else t[:, k - 1]
-        second, _ = model(x[:, k:], s_mid, **rest)
+        first, _, second, _, _ = _in_two_chunks(model, x, kw, k, case.T)
     # each observation interval is its own solve over the same batch: chunking changes nothing
     assert _dev(torch.cat([first, second], 1), out) <= TOL[case.dtype]
 
