@@ -253,7 +253,6 @@ class _Seq:
         ms: Tensor | None,
         w: _Weights,
         frozen: list[bool] | None,
-        xall: Tensor | None = None,
         single: bool = False,
     ) -> None:
         if single:  # one step: xs (B, I), dts (B,), ms (B, I)
@@ -263,9 +262,8 @@ class _Seq:
         self.cfg, self.T, self.B, self.I, self.H, self.R = cfg, T, Bn, I, H, R
         self.xs, self.dts, self.ms = xs, dts, ms
         self.w = w
-        self.C, self.Bm, self.W, self.eta, self.V = w.C, w.Bm, w.W, w.eta, w.V
-        self.MY, self.bY, self.ML, self.bL = w.MY, w.bY, w.ML, w.bL
-        self.Vt, self.WV, self.BV, self.BWV = w.Vt, w.WV, w.BV, w.BWV
+        self.C, self.eta, self.V, self.MY, self.ML = w.C, w.eta, w.V, w.MY, w.ML
+        self.WV, self.BV, self.BWV = w.WV, w.BV, w.BWV
         self.frozen = frozen
         self.work = Bn * H * (I + 2 * R)
         self.k = k = _consts(cfg, I, xs.dtype, xs.device)
@@ -282,10 +280,8 @@ class _Seq:
             self.dtlo = dt1 * (1 / cfg.tau_max)
             self.dthi = dt1 * (1 / cfg.tau_min)
         if ms is None:
-            if xall is None:
-                # one (T·B, I) x (I, 2H+R) product (matmul on the transposed view would batch it)
-                xall = torch.mm(xs.reshape(T * Bn, I), self.BWV).view(T, Bn, self.BWV.shape[1])
-            self.xall = xall
+            # one (T·B, I) x (I, 2H+R) product (matmul on the transposed view would batch it)
+            self.xall = torch.mm(xs.reshape(T * Bn, I), self.BWV).view(T, Bn, self.BWV.shape[1])
         else:
             self.xall = None
             self.MX = ms * xs
