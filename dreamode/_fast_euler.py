@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _euler_kernel, _script
+from . import _euler_kernel, _script, native
 from ._field import DREAMField, FieldAux
 from ._state import DREAMState
 
@@ -123,7 +123,7 @@ class _Weights:
     def __init__(self, C: Tensor, Bm: Tensor, W: Tensor, eta: Tensor, V: Tensor, maps: tuple) -> None:
         self.C, self.Bm, self.W, self.eta, self.V = C, Bm, W, eta, V
         self.MY, self.bY, self.ML, self.bL = maps
-        self.Vt = V.t()
+        self.Vt = V.t().contiguous()
         self.WV = torch.cat([W, V], 1)  # (I, H+R)
         self.negWV = -self.WV
         self.BV = torch.cat([Bm, V], 1)  # (I, H+R)
@@ -237,6 +237,14 @@ _SAVED = _euler_kernel.SAVED
 _UU_BUDGET = 64 << 20
 _UU_EVERY = 32
 _SAVED_MASKED = _euler_kernel.SAVED_MASKED
+# the C++ kernel keeps them every 16 steps whatever T: writing 2·R·H fresh numbers a sample per
+# step costs more (page faults) than recomputing them in the backward from cache
+_NATIVE_UU_EVERY = 16
+
+
+def _stk(v: list[Tensor] | Tensor) -> Tensor:
+    """A saved per-step value as one ``(T, B, ·)`` tensor (the C++ kernel saves them stacked)."""
+    return v if isinstance(v, Tensor) else torch.stack(v)
 
 
 class _Seq:
@@ -301,8 +309,21 @@ class _Seq:
         k, w = self.k, self.w
         masked = self.ms is not None
         frozen = self.frozen
-        keeps = (self.dts == 0).unsqueeze(-1) if frozen is not None else None
         every = self.uu_every = 1 if UU.numel() * UU.element_size() * self.T <= _UU_BUDGET else _UU_EVERY
+        self.native = native.applies(self.xs)
+        if self.native:
+            every = self.uu_every = _NATIVE_UU_EVERY
+            out, hT, UU, em, ev, sc, saved = _native_forward(
+                self.cfg, w, self.xs, self.dts, self.ms, h, UU, em, ev, sc, self.xall, save, every
+            )
+            if save:
+                sv = dict(zip(_SAVED[1:] + _SAVED_MASKED, saved))
+                sv["h"] = torch.cat([h.unsqueeze(0), out[:-1]]) if self.T > 1 else h.unsqueeze(0)
+                self.saved = sv
+            else:
+                self.saved = None
+            return out, hT, UU, em, ev, sc
+        keeps = (self.dts == 0).unsqueeze(-1) if frozen is not None else None
         consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis]
         with _serial(self.xs.device, self.work):
             outs, h, UU, em, ev, sc, saved = _script.call(
@@ -384,6 +405,44 @@ class _Seq:
 
     # -- backward --------------------------------------------------------------------------------
 
+    def _backward_native(
+        self,
+        kept: Tensor,
+        gh: Tensor,
+        gUU: Tensor,
+        gem: Tensor,
+        gev: Tensor,
+        gsc: Tensor,
+        g_out: Tensor | None,
+        per_step: list[Tensor],
+        preds: Tensor,
+        hts: Tensor,
+        Mixes: Tensor,
+        EV3: Tensor | None,
+        GAIN3: Tensor | None,
+        dt_terms: list[Tensor],
+        need_dt: bool,
+    ) -> list[Tensor]:
+        """The reverse loop through the C++ kernel, from ``UU`` kept every ``uu_every`` steps.
+
+        Returns ``[gh, gUU, gem, gev, gsc]`` then, stacked in forward order, ``gPn, gu, gHZf,
+        gLin, g_gain, gE, gxV, geV, gdt, gxt``.
+        """
+        D1, D2, D3, P1, P2, P3, HmH, dtS, H3, As, C1, dtr, omdtr, omdtR, XVT, XB = per_step
+        empty = gh.new_empty(0)
+        fw = self.fw
+        steps = [D1, D2, D3, P1, P2, P3, HmH, dtS, H3.squeeze(2), As, C1, dtr, omdtr, omdtR, XVT.squeeze(-1), XB]
+        steps += [Mixes if self.mix else empty, preds, hts]
+        steps += [empty, empty] if EV3 is None or GAIN3 is None else [EV3.squeeze(2), GAIN3.squeeze(2)]
+        steps += dt_terms if need_dt else [empty, empty, empty]
+        steps += [self.dts.unsqueeze(-1)]
+        mats = [self.eta, self.C.t(), self.WV.t(), self.V, self.ML, self.MY, self.BV.t()]
+        with _serial(self.xs.device, self.work):
+            gh, gUU, gem, gev, gsc, G = torch.ops.dreamode_native.euler_backward(
+                self.uu_every, gh, gUU, gem, gev, gsc, g_out, kept, steps, mats, self.ms, need_dt, self.mix, fw
+            )
+        return [gh, gUU, gem, gev, gsc, *G]
+
     def backward(
         self,
         g_out: Tensor | None,
@@ -421,9 +480,9 @@ class _Seq:
             dt1 = self.dts.unsqueeze(-1)  # (T, B, 1)
             ones = torch.ones_like(dt1)
             zeros = torch.zeros_like(dt1)
-            DTs = torch.stack(sv["DT"])  # [Δt/τ raw, Δt·S, kF, kH, csg, 1 + κS]
-            Qs = torch.stack(sv["Q"])  # [n, Lc, avg_surprise, adaptive_tau]
-            HZs = torch.stack(sv["HZ"])  # [S, g, homU, homUt]
+            DTs = _stk(sv["DT"])  # [Δt/τ raw, Δt·S, kF, kH, csg, 1 + κS]
+            Qs = _stk(sv["Q"])  # [n, Lc, avg_surprise, adaptive_tau]
+            HZs = _stk(sv["HZ"])  # [S, g, homU, homUt]
             n = Qs[..., 0:1]
             # the gradient vector v = [g a, g Δt·S, g kF, g kH, g csg, g (1+κS), g as_n, g at_n]
             # times D1 is the gradient of L's columns (and of the two sc targets)
@@ -435,13 +494,13 @@ class _Seq:
             D1 = torch.cat([ga_f, dt1.expand(T, Bn, 4), ones, self.dtR], -1)
             Zs = HZs[..., 0:2]
             if fw:
-                rnU = torch.stack(sv["rn"])[..., 0:1]
+                rnU = _stk(sv["rn"])[..., 0:1]
                 hf = torch.where(HZs[..., 2:3] > 0, cfg.target_norm * rnU * rnU * rnU, 0.0)
             else:
                 hf = zeros
             # σ', ∂relu(1 − N/‖U‖)/∂‖U‖ / ‖U‖, 0, ∂min(n, θ)/∂n
             D2 = torch.cat([Zs - Zs * Zs, hf, zeros, (n <= theta).to(dtype)], -1)
-            As = torch.stack(sv["A"])
+            As = _stk(sv["A"])
             Lr = As.log()
             F2 = torch.where(n > 0, 0.5 / n, 0.0)  # d sqrt
             F3 = torch.where((Lr >= 0) & (Lr <= 4), 1 / As, 0.0)  # d clamp(log A)
@@ -453,19 +512,19 @@ class _Seq:
             Mq[0:2] = MY.t()
             Mq[4, 0] = 1.0
             # statistics: g dev = P1·g ev_n + gq·P2, g ev += −gq·P3 (P2, P3 carry the z-score's 1/ep)
-            DEV, EP = torch.stack(sv["dev"]), torch.stack(sv["ep"])
+            DEV, EP = _stk(sv["dev"]), _stk(sv["ep"])
             Z2 = DEV * DEV / EP
             IEP = (self.ms / self.ms.sum(-1, keepdim=True).clamp_min(1.0) if masked else 1.0 / I) / EP
             DEV2 = DEV + DEV
             P1 = DEV2 * self.dtr
             P2 = DEV2 * IEP
             P3 = Z2 * IEP
-            Hs = torch.stack(sv["h"])  # the state before each step
-            HmH = torch.stack(sv["ht"]) - Hs
+            Hs = _stk(sv["h"])  # the state before each step
+            HmH = _stk(sv["ht"]) - Hs
             dtS = DTs[..., 1:2]
             if need_dt:
                 # Δt enters Δt·L (all but 1 + κS, with the clamp of Δt/τ) and the statistics' lerps
-                Lins = torch.stack(sv["Lin"])
+                Lins = _stk(sv["Lin"])
                 itau = Lins[..., 0:1].clamp(1 / cfg.tau_max, 1 / cfg.tau_min) if self.ltc else Lins[..., 0:1]
                 tgt = torch.cat([HZs[..., 0:1], n.clamp(max=theta)], -1)
                 Lfac = torch.cat([itau, Lins[..., 1:5], zeros, k.rates * (tgt - Qs[..., 2:4])], -1)
@@ -476,15 +535,15 @@ class _Seq:
 
             a_eff = DTs[..., 0:1].clamp(self.dtlo, self.dthi) if self.ltc else DTs[..., 0:1]
             if masked:
-                XVT = torch.stack(sv["xV"]).unsqueeze(-1)
-                XB = torch.stack(sv["XB"])
+                XVT = _stk(sv["xV"]).unsqueeze(-1)
+                XB = _stk(sv["XB"])
             else:
                 XVT = self.xall[..., 2 * H :].unsqueeze(-1)
                 XB = self.xall[..., :H]
             per_step = [D1, D2, D3, P1, P2, P3, HmH, dtS, Hs.unsqueeze(2), a_eff, DTs[..., 5:6]]
             per_step += [self.dtr, 1 - self.dtr, 1 - self.dtR, XVT, XB]
-            EV3 = torch.stack(sv["eV"]).unsqueeze(2) if fw else None
-            GAIN3 = torch.stack(sv["gain"]).unsqueeze(2) if fw else None
+            EV3 = _stk(sv["eV"]).unsqueeze(2) if fw else None
+            GAIN3 = _stk(sv["gain"]).unsqueeze(2) if fw else None
             dt_terms = [Lfac, EVD, DEVr] if need_dt else []
             BVt = self.BV.t() if masked else self.BV
             mats = [eta, Ct, WVt, negV, MLt, Mq, k.basis_t, k.row_I, BVt]
@@ -497,8 +556,14 @@ class _Seq:
 
             gUU = gUU.contiguous()
             lists: list[list[Tensor]] = [[] for _ in range(10)]
+            if self.native:
+                G = self._backward_native(
+                    sv["UU"], gh, gUU, gem, gev, gsc, g_out, per_step, preds, hts, Mixes, EV3, GAIN3, dt_terms, need_dt
+                )
+                gh, gUU, gem, gev, gsc = G[:5]
+                lists = [[t] for t in G[5:]]  # one stacked (T, B, ·) tensor each, in forward order
             with _serial(self.xs.device, self.work):
-                for lo, hi, UUs in segments:
+                for lo, hi, UUs in [] if self.native else segments:
                     gh, gUU, gem, gev, gsc, seg = _script.call(
                         _euler_kernel.backward_loop,
                         lo,
@@ -528,6 +593,8 @@ class _Seq:
             L_gPn, L_gu, L_gHZf, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = lists
 
         def stacked(lst: list[Tensor]) -> Tensor:
+            if self.native:
+                return lst[0]
             lst.reverse()
             return torch.stack(lst)
 
@@ -557,9 +624,9 @@ class _Seq:
             out["eta"] = None  # unused, as in the generic path
             GXV = stacked(L_gxV)
         GE = stacked(L_gE)
-        out["W"] = torch.mm(flat(torch.stack(sv["e"])).t(), flat(GU))
+        out["W"] = torch.mm(flat(_stk(sv["e"])).t(), flat(GU))
         if masked:
-            out["B"] = torch.mm(flat(torch.stack(sv["xt"])).t(), flat(GXB))
+            out["B"] = torch.mm(flat(_stk(sv["xt"])).t(), flat(GXB))
             out["x"] = (self.ms * (stacked(L_gxt) + GE)) if need_x else None
         else:
             out["B"] = torch.mm(flat(self.xs).t(), flat(GXB))
@@ -604,7 +671,8 @@ class _FastEuler(torch.autograd.Function):
             outs, h, UU, em, ev, sc = seq.forward(h0, UU0, em0, ev0, sc0, save=True)
         ctx.save_for_backward(x, dt, mask, h0, UU0, em0, ev0, sc0, C, Bm, W, eta, V, MY, bY, ML, bL)
         ctx.seq = seq
-        return torch.stack(outs, 1), h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
+        out = outs.transpose(0, 1).contiguous() if isinstance(outs, Tensor) else torch.stack(outs, 1)
+        return out, h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -721,6 +789,12 @@ def run_sequence(
         out, h, UU, em, ev, sc = _FastEuler.apply(
             f.config, frozen, x, dt, mask, h0, UU0, em0, ev0, sc0, f.C, f.B, f.W, f.eta, f.V, *maps
         )
+    elif native.applies(x):
+        xs, dts = x.transpose(0, 1), dt.t()
+        ms = None if mask is None else mask.transpose(0, 1)
+        w = _weights_cached(f)
+        out, h, UU, em, ev, sc, _ = _native_forward(f.config, w, xs, dts, ms, h0, UU0, em0, ev0, sc0)
+        out = out.transpose(0, 1)
     else:
         with torch.inference_mode():
             xs, dts = x.transpose(0, 1), dt.t()
@@ -756,6 +830,14 @@ def step(
     with torch.no_grad():
         cfg = f.config
         h0, U0, Ut0, em0, ev0, as0, at0 = z
+        if not aux and native.applies(x):
+            ms = None if mask is None else mask.unsqueeze(0)
+            UU0, sc0 = _pack_U(U0, Ut0), _pack(as0, at0, 1)
+            w = _weights_cached(f)
+            _, h, UU, em, ev, sc, _ = _native_forward(
+                cfg, w, x.unsqueeze(0), dt.unsqueeze(0), ms, h0, UU0, em0, ev0, sc0
+            )
+            return _state(h, UU, em, ev, sc), None
         if mask is None and not aux:
             return _cell_step(f, h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), x, dt), None
         # integrate_layer freezes padded samples itself
@@ -774,6 +856,77 @@ def step(
         else:
             tau = f.tau_sys.expand_as(S)
         return state, FieldAux(S, tau, pred, n[:, 0])
+
+
+def _state(h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor) -> DREAMState:
+    """The kernel's ``(h, UU, em, ev, sc)`` as a :class:`DREAMState` (``U``, ``U_target`` are views)."""
+    U, Ut = UU.transpose(2, 3).unbind(1)
+    as_, at = sc.unbind(1)
+    return DREAMState(h, U, Ut, em, ev, as_, at)
+
+
+def _native_forward(
+    cfg: Any,
+    w: _Weights,
+    xs: Tensor,
+    dts: Tensor,
+    ms: Tensor | None,
+    h: Tensor,
+    UU: Tensor,
+    em: Tensor,
+    ev: Tensor,
+    sc: Tensor,
+    xall: Tensor | None = None,
+    save: bool = False,
+    every: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+    """The C++ forward of :mod:`.native` over time-major ``xs`` ``(T, B, I)``, ``dts`` ``(T, B)``.
+
+    Returns ``(outputs (T, B, H), h, UU, em, ev, sc, saved)``; ``saved`` is empty unless ``save``,
+    else ``UU`` before every ``every``-th step ``(K, B, 2, R, H)`` and the other values of
+    ``SAVED[2:] + SAVED_MASKED``, each ``(T, B, ·)``. ``xall``: the input projection, if made.
+    """
+    rates = [
+        cfg.error_smoothing / cfg.time_step,
+        cfg.surprise_smoothing / cfg.time_step,
+        cfg.habituation_rate / cfg.time_step,
+        1 / cfg.tau_max,
+        1 / cfg.tau_min,
+        float(cfg.max_adaptive_tau),
+        float(cfg.target_norm),
+    ]
+    fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
+    work = xs.shape[1] * w.C.shape[0] * (xs.shape[2] + 2 * w.V.shape[1])
+    # the op has no autograd kernel: it runs without a gradient, or inside _FastEuler
+    with _serial(xs.device, work):
+        return torch.ops.dreamode_native.euler_forward(
+            h,
+            UU,
+            em,
+            ev,
+            sc,
+            xs,
+            dts,
+            ms,
+            xall,
+            w.C,
+            w.Vt,
+            w.BWV,
+            w.WV,
+            w.negWV,
+            w.BV,
+            w.eta,
+            w.MY,
+            w.bY,
+            w.ML,
+            w.bL,
+            rates,
+            fw,
+            mix,
+            cfg.ltc_enabled,
+            save,
+            every,
+        )
 
 
 def _cell_step(

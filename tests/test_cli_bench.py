@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -62,6 +64,22 @@ def test_bench_all_solvers_quick(tmp_path, capsys):
     assert rows["lstm"]["forward_vs_euler"] is None
     assert all(r["peak_mb"] is None for r in rows.values())  # --quick skips the memory probes
     assert "dream-dopri5-adjoint" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler for dreamode.native")
+def test_bench_native_adds_the_compiled_inference_models(tmp_path):
+    out = tmp_path / "n.json"
+    argv = ["bench", *TINY, "--quick", "--quiet", "--native", "--models", "dream-euler", "lstm", "lstm-cell"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["model"]: r for r in report["results"]}
+    assert set(rows) == {"dream-euler", "lstm", "lstm-cell", "dream-euler-native", "dream-cell-native"}
+    assert report["native_build_seconds"] >= 0
+    # the sequence model trains too; the streaming cell is compared with nn.LSTMCell
+    assert rows["dream-euler-native"]["train_ratio"] > 0 and rows["dream-cell-native"]["train_ms"] is None
+    assert rows["dream-cell-native"]["forward_ratio"] == pytest.approx(
+        rows["dream-cell-native"]["forward_ms"] / rows["lstm-cell"]["forward_ms"], rel=0.02
+    )
 
 
 def test_adjoint_memory_study(tmp_path):

@@ -45,10 +45,14 @@ MODELS = (
     "cfc",
     "dream-cell",
     "lstm-cell",
+    "dream-euler-native",
+    "dream-cell-native",
 )
-FORWARD_ONLY = ("dream-cell", "lstm-cell")
+# the Euler path through dreamode.native's C++ kernels (opt-in, compiled on first use)
+NATIVE = ("dream-euler-native", "dream-cell-native")
+FORWARD_ONLY = ("dream-cell", "lstm-cell", "dream-cell-native")
 SLOW = ("dream-euler-generic", "dream-rk4-generic")  # the unfused path: --slow-steps, --slow-repeats
-DEFAULT_MODELS = tuple(m for m in MODELS if not m.endswith("-generic"))
+DEFAULT_MODELS = tuple(m for m in MODELS if not m.endswith("-generic") and m not in NATIVE)
 BASELINE = "lstm"
 MEMORY_METHOD = (
     "peak resident set size increase over one training step, in a fresh Python process per model: "
@@ -101,6 +105,7 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
     ``dream-euler-irregular``, ``-masked``, ``-padded`` and ``-all`` call the same model with random
     steps Δt in [0.02, 0.2], 30% of the channels missing, lengths spread over [T/2, T], or all
     three. ``dream-cell`` and ``lstm-cell`` stream the sequence one step at a time (forward only).
+    ``-native`` models run through :mod:`dreamode.native`'s C++ kernels (build them first).
     """
     import torch
     from torch import nn
@@ -121,7 +126,7 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
         if variant in ("padded", "all"):
             kwargs["lengths"] = torch.randint(max(T // 2, 1), T + 1, (B,), generator=g)
             kwargs["lengths"][0] = T
-    if name == "dream-cell":
+    if name.startswith("dream-cell"):
         model = DREAMCell(I, H, rank=R, dtype=dtype)
     elif name == "lstm-cell":
         model = nn.LSTMCell(I, H, dtype=dtype)
@@ -143,23 +148,31 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
         raise ValueError(name)
 
     def forward(x: Any) -> Any:
+        if name in NATIVE:
+            from dreamode import native
+
+            with native.enabled():
+                return stream(x) if "cell" in name else model(x)[0]
         if name.endswith("-generic"):  # through DREAMField.evaluate, step by step (no fast path)
             from dreamode._fast_euler import disabled
 
             with disabled():
                 return model(x)[0]
         if name in ("dream-cell", "lstm-cell"):
-            state = None
-            outs = []
-            for t in range(x.shape[1]):
-                if name == "dream-cell":
-                    h, state = model(x[:, t], state)
-                else:
-                    state = model(x[:, t], state)
-                    h = state[0]
-                outs.append(h)
-            return torch.stack(outs, 1)
+            return stream(x)
         return model(x, **kwargs)[0]
+
+    def stream(x: Any) -> Any:
+        state = None
+        outs = []
+        for t in range(x.shape[1]):
+            if name == "lstm-cell":
+                state = model(x[:, t], state)
+                h = state[0]
+            else:
+                h, state = model(x[:, t], state)
+            outs.append(h)
+        return torch.stack(outs, 1)
 
     forward.model = model  # type: ignore[attr-defined]
     return forward
@@ -236,6 +249,10 @@ def probe_memory(spec: dict[str, Any]) -> dict[str, Any]:
     dtype = getattr(torch, spec["dtype"])
     fwd = make_model(spec["model"], sizes, dtype, spec["rtol"], spec["atol"])
     x = _inputs(sizes, spec["steps"], dtype)
+    if spec["model"] in NATIVE:
+        from dreamode import native
+
+        native.build()  # loading the library is not part of the step
     if _reset_peak() and _status_mb("VmRSS") is not None:
         before = _status_mb("VmRSS")
         _train_once(fwd, x)
@@ -367,6 +384,13 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
         "adjoint_memory": [],
         "skipped": skipped,
     }
+    if any(c.name in NATIVE for c in cases):
+        from dreamode import native
+
+        log("bench: building dreamode.native (compiles on first use, about 20-30 s; then cached by torch)")
+        native.build()
+        report["native_build_seconds"] = round(native.build_seconds or 0.0, 3)
+        log(f"bench: dreamode.native ready in {native.build_seconds:.1f} s")
     if not args.skip_timing and cases:
         models = {}
         inputs = {}
@@ -463,7 +487,7 @@ def summarize(cases: list[Case], clock: str) -> list[dict[str, Any]]:
 
     for r in rows:
         # streaming cells are compared with nn.LSTMCell, everything else with nn.LSTM
-        base = by_name.get("lstm-cell" if r["model"] in FORWARD_ONLY else BASELINE)
+        base = by_name.get("lstm-cell" if "cell" in r["model"] else BASELINE)
         euler = by_name.get("dream-euler")
         for key in ("forward", "train"):
             r[f"{key}_ratio"] = ratio(r, base, f"{key}_ms")
@@ -580,6 +604,7 @@ EXAMPLES = """examples:
   dreamode bench --threads 1 --out bench.json      # one intra-op thread, JSON report
   dreamode bench --quick                           # a smoke run (seconds)
   dreamode bench --models dream-euler lstm gru --steps 1000
+  dreamode bench --threads 1 --native --models dream-euler lstm dream-cell lstm-cell   # + the C++ kernel
   dreamode bench --skip-timing --adjoint-memory 200 1000 5000 --batch 4 --hidden-dim 16
 """
 
@@ -632,6 +657,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help=f"models to run, of {', '.join(MODELS)} (default: all but the -generic ones, the same rules "
         "without the fast paths; cfc only when ncps is installed)",
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="also run dream-euler-native and dream-cell-native: the Euler path through dreamode.native's "
+        "C++ kernels, compiled on first use (needs a C++ compiler)",
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")
     p.add_argument(
@@ -668,6 +699,8 @@ def run(args: argparse.Namespace) -> int:
         args.repeats = min(args.repeats, 2)
         args.adaptive_steps = min(args.adaptive_steps, 3)
         args.no_memory = True
+    if args.native:
+        args.models = [*args.models, *(m for m in NATIVE if m not in args.models)]
     if args.rank > args.input_dim:
         print(f"dreamode bench: error: --rank ({args.rank}) must be <= --input-dim ({args.input_dim})", file=sys.stderr)
         return 2

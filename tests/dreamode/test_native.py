@@ -1,0 +1,254 @@
+"""The opt-in C++ kernels (dreamode.native) against the generic path and the default path.
+
+* native == generic (the field plus ``z + Δt·f(z)``): outputs, final state and every gradient
+  (parameters, input, steps, initial state) to ``rel_dev`` ≤ 1e-12 in float64, for every switch of
+  the cell, masks, irregular steps, padding, a given initial state with the homeostatic bound
+  active, the interpolations, two layers, and ``DREAMCell`` streaming;
+* ``torch.autograd.gradcheck`` of the C++ backward; sequences longer than the 16-step segments in
+  which the backward recomputes the fast weights; ``retain_graph``;
+* float32 close to the default fast path; no sample depends on the others in its batch.
+
+The kernels are compiled once per machine (about 20-30 s; torch caches the build). Without a C++
+compiler these tests are skipped: the default path needs none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pytest
+import torch
+from reference import STATE_FIELDS, rel_dev
+from test_fast_euler import CASES, _data, _gradcheck_fast_path, _run, _state0
+
+from dreamode import DREAM, DREAMCell, DREAMState, native
+from dreamode import _fast_euler as fe
+
+F64 = torch.float64
+TOL = 1e-12
+I, H, R = 5, 7, 3
+# the generic path reads max(dt) with dt requiring grad (its stiff-step check)
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: dreamode.native cannot be built here")
+    native.build()  # a failure with a compiler present is a real failure
+    yield
+    native.disable()
+
+
+def _count_native(monkeypatch) -> dict[str, int]:
+    calls = {"n": 0}
+    real = fe._native_forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fe, "_native_forward", counted)
+    return calls
+
+
+def _assert_states_close(a: DREAMState, b: DREAMState, tol: float) -> None:
+    for k in STATE_FIELDS:
+        assert rel_dev(getattr(a, k), getattr(b, k)) <= tol, (k, rel_dev(getattr(a, k), getattr(b, k)))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_native_equals_generic(name, masked, padded, monkeypatch):
+    torch.manual_seed(0)
+    model = DREAM(I, H, R, dtype=F64, **CASES[name])
+    x, dt, mask = _data()
+    kw = dict(dt=dt, mask=mask if masked else None, lengths=torch.tensor([24, 11, 1, 17]) if padded else None)
+    state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
+    calls = _count_native(monkeypatch)
+    with torch.no_grad():
+        with native.enabled():
+            out, state = model(x, state0, **kw)
+        with fe.disabled():
+            ref, ref_state = model(x, state0, **kw)
+    assert calls["n"] == 1
+    assert rel_dev(out, ref) <= TOL
+    _assert_states_close(state, ref_state, TOL)
+
+
+def test_two_layers_equal_generic(monkeypatch):
+    torch.manual_seed(1)
+    model = DREAM(I, H, R, num_layers=2, dtype=F64)
+    x, dt, mask = _data()
+    calls = _count_native(monkeypatch)
+    with torch.no_grad():
+        with native.enabled():
+            out, states = model(x, dt=dt, mask=mask)
+        with fe.disabled():
+            ref, ref_states = model(x, dt=dt, mask=mask)
+    assert calls["n"] == 2
+    assert rel_dev(out, ref) <= TOL
+    for s, r in zip(states, ref_states):
+        _assert_states_close(s, r, TOL)
+
+
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_streaming_cell_equals_generic(unbatched, monkeypatch):
+    torch.manual_seed(3)
+    cell = DREAMCell(I, H, R, dtype=F64, base_plasticity=2.0)
+    x, dt, mask = _data(T=12)
+    if unbatched:
+        x, dt, mask = x[1], dt[1], mask[1]
+    calls = _count_native(monkeypatch)
+    runs = []
+    for ctx in (native.enabled(), fe.disabled()):
+        with ctx, torch.no_grad():
+            z, hs = None, []
+            for i in range(12):
+                # a mask on every other step, a float step on every third, else the dt tensor
+                m = mask[..., i, :] if i % 2 else None
+                step = 0.05 if i % 3 == 0 else dt[..., i]
+                h, z = cell(x[..., i, :], z, step, m)
+                hs.append(h)
+        runs.append((torch.stack(hs), z))
+    assert calls["n"] == 12
+    (h1, z1), (h2, z2) = runs
+    assert h1.shape == h2.shape
+    assert rel_dev(h1, h2) <= TOL
+    _assert_states_close(z1, z2, TOL)
+
+
+def test_float32_close_to_the_default_path():
+    torch.manual_seed(2)
+    model = DREAM(16, 32, rank=4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 100, 16, generator=g)
+    mask = (torch.rand(8, 100, 16, generator=g) > 0.2).float()
+    with torch.no_grad():
+        with native.enabled():
+            out, state = model(x, mask=mask)
+        ref, ref_state = model(x, mask=mask)
+    # float32 rounding of two different operation orders over 100 steps
+    assert rel_dev(out, ref) <= 1e-5
+    _assert_states_close(state, ref_state, 1e-5)
+
+
+def test_no_sample_depends_on_its_batch():
+    torch.manual_seed(4)
+    model = DREAM(I, H, R, dtype=F64)
+    x, dt, mask = _data(B=5)
+    lengths = torch.tensor([24, 9, 24, 3, 16])
+    with torch.no_grad(), native.enabled():
+        out, state = model(x, dt=dt, mask=mask, lengths=lengths)
+        for b in range(5):
+            o, s = model(x[b : b + 1], dt=dt[b : b + 1], mask=mask[b : b + 1], lengths=lengths[b : b + 1])
+            assert rel_dev(o[0], out[b]) <= TOL
+            assert rel_dev(s.U[0], state.U[b]) <= TOL
+
+
+def _assert_native_equals_generic(model, x, dt, mask, lengths, state0, monkeypatch) -> None:
+    """Outputs, final state and every gradient through the C++ kernels equal the generic path's."""
+    calls = _count_native(monkeypatch)
+    with native.enabled():
+        o1, s1, g1 = _run(model, x, dt, mask, lengths, state0, fast=True)
+    assert calls["n"] == model.num_layers
+    o2, s2, g2 = _run(model, x, dt, mask, lengths, state0, fast=False)
+    assert rel_dev(o1, o2) <= TOL
+    _assert_states_close(s1, s2, TOL)
+    names = ["x", "dt"] + ([] if state0 is None else [f"state.{k}" for k in STATE_FIELDS])
+    names += [n for n, _ in model.named_parameters()]
+    for n, a, b in zip(names, g1, g2):
+        assert (a is None) == (b is None), n
+        if a is not None:
+            assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_native_training_equals_generic(name, masked, padded, monkeypatch):
+    """T = 24: two of the backward's 16-step segments, the second one partial."""
+    torch.manual_seed(0)
+    model = DREAM(I, H, R, dtype=F64, **CASES[name])
+    x, dt, mask = _data()
+    lengths = torch.tensor([24, 11, 1, 17]) if padded else None
+    state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
+    _assert_native_equals_generic(model, x, dt, mask if masked else None, lengths, state0, monkeypatch)
+
+
+def test_native_training_over_many_segments(monkeypatch):
+    """T = 53: four segments, padding crossing their boundaries, two layers."""
+    torch.manual_seed(6)
+    model = DREAM(I, H, R, num_layers=2, dtype=F64, base_plasticity=2.0)
+    x, dt, mask = _data(T=53)
+    lengths = torch.tensor([53, 16, 33, 2])
+    _assert_native_equals_generic(model, x, dt, mask, lengths, None, monkeypatch)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_gradcheck_through_the_native_backward(masked, monkeypatch):
+    calls = _count_native(monkeypatch)
+    with native.enabled():
+        _gradcheck_fast_path("euler", [5, 3, 4], masked=masked, counter="seq")
+    assert calls["n"] > 0
+
+
+def test_float32_training_close_to_the_default_path():
+    torch.manual_seed(7)
+    model = DREAM(16, 32, rank=4)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(8, 60, 16, generator=g)
+    grads = []
+    for use in (True, False):
+        model.zero_grad()
+        with native.enabled() if use else contextlib.nullcontext():
+            out, _ = model(x)
+            out.square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    # float32 rounding of two different operation orders over 60 steps and back
+    for a, b in zip(*grads):
+        assert rel_dev(a, b) <= 1e-4
+
+
+def test_backward_twice_needs_retain_graph():
+    torch.manual_seed(9)
+    model = DREAM(I, H, R, dtype=F64)
+    x, dt, _ = _data(T=20)
+    x.requires_grad_()
+    with native.enabled():
+        out, _ = model(x, dt=dt)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    out.sum().backward()
+    assert rel_dev(x.grad, 2 * first) <= TOL
+    with pytest.raises(RuntimeError, match="second time"):
+        out.sum().backward()
+
+
+def test_inference_results_continue_in_training():
+    """The results of a call without gradient are ordinary tensors: a training call can use them."""
+    torch.manual_seed(5)
+    model = DREAM(I, H, R, dtype=F64)
+    x, dt, _ = _data()
+    with torch.no_grad(), native.enabled():
+        _, state = model(x[:, :5], dt=dt[:, :5])
+    assert not any(c.is_inference() for c in state)
+    with native.enabled():
+        out, _ = model(x[:, 5:], state, dt=dt[:, 5:])
+    out.sum().backward()
+    assert model.fields[0].C.grad is not None
+
+
+def test_switches():
+    assert not native.is_enabled()
+    with native.enabled():
+        assert native.is_enabled()
+    assert not native.is_enabled()
+    native.enable()
+    assert native.is_enabled()
+    native.disable()
+    assert not native.is_enabled()
+    assert native.build_seconds is not None and native.build_seconds >= 0
