@@ -115,11 +115,11 @@ class DREAMCell(nn.Module):
 
     def _dt(self, where: str, dt: Tensor | float | None, B: int, ref: Tensor) -> Tensor:
         if dt is None:
-            return torch.full((B,), self.config.time_step, dtype=ref.dtype, device=ref.device)
+            return self._constant_dt(self.config.time_step, B, ref)
         if isinstance(dt, (int, float)) and not isinstance(dt, bool):
             if not dt > 0 or dt == float("inf"):
                 raise ValueError(f"{where}: dt must be a positive finite number, got {dt!r}")
-            return torch.full((B,), float(dt), dtype=ref.dtype, device=ref.device)
+            return self._constant_dt(float(dt), B, ref)
         dt = check_tensor(where, "dt", dt)
         if dt.shape not in ((), (B,)):
             raise ValueError(f"{where}: expected dt as a scalar or of shape ({B},), got {tuple(dt.shape)}")
@@ -127,3 +127,13 @@ class DREAMCell(nn.Module):
         if bool((dt <= 0).any()):
             raise ValueError(f"{where}: dt must be positive, got min {float(dt.min()):.6g}")
         return dt.to(ref).expand(B)
+
+    def _constant_dt(self, value: float, B: int, ref: Tensor) -> Tensor:
+        """``(B,)`` copies of ``value``; the last one is reused (streaming repeats it; nothing writes it)."""
+        key = (value, B, ref.dtype, ref.device, torch.is_inference_mode_enabled())
+        hit = self.__dict__.get("_dt_cache")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        t = torch.full((B,), value, dtype=ref.dtype, device=ref.device)
+        self.__dict__["_dt_cache"] = (key, t)
+        return t

@@ -827,17 +827,17 @@ def step(
     The aux (``None`` unless ``aux``) holds what a trace records (surprise, τ, prediction, error
     norm); its ``decay`` (used by the semi-implicit step only) is left empty.
     """
+    h0, U0, Ut0, em0, ev0, as0, at0 = z
+    if not aux and native.applies(x):
+        # nothing requires a gradient (step_applies), and the op records none: no no_grad needed
+        ms = None if mask is None else mask.unsqueeze(0)
+        UU0, sc0 = _pack_U(U0, Ut0), _pack(as0, at0, 1)
+        _, h, UU, em, ev, sc, _ = _native_forward(
+            f.config, _weights_cached(f), x.unsqueeze(0), dt.unsqueeze(0), ms, h0, UU0, em0, ev0, sc0
+        )
+        return _state(h, UU, em, ev, sc), None
     with torch.no_grad():
         cfg = f.config
-        h0, U0, Ut0, em0, ev0, as0, at0 = z
-        if not aux and native.applies(x):
-            ms = None if mask is None else mask.unsqueeze(0)
-            UU0, sc0 = _pack_U(U0, Ut0), _pack(as0, at0, 1)
-            w = _weights_cached(f)
-            _, h, UU, em, ev, sc, _ = _native_forward(
-                cfg, w, x.unsqueeze(0), dt.unsqueeze(0), ms, h0, UU0, em0, ev0, sc0
-            )
-            return _state(h, UU, em, ev, sc), None
         if mask is None and not aux:
             return _cell_step(f, h0, _pack_U(U0, Ut0), em0, ev0, _pack(as0, at0, 1), x, dt), None
         # integrate_layer freezes padded samples itself
@@ -898,8 +898,8 @@ def _native_forward(
     fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
     work = xs.shape[1] * w.C.shape[0] * (xs.shape[2] + 2 * w.V.shape[1])
     # the op has no autograd kernel: it runs without a gradient, or inside _FastEuler
-    with _serial(xs.device, work):
-        return torch.ops.dreamode_native.euler_forward(
+    with contextlib.nullcontext() if torch.get_num_threads() == 1 else _serial(xs.device, work):
+        return torch.ops.dreamode_native.euler_forward.default(
             h,
             UU,
             em,

@@ -101,10 +101,11 @@ void forward_steps(const at::Tensor& hs_out, at::Tensor& UU, at::Tensor& em, at:
   if (!masked && !xall.defined()) xall = at::mm(xs.reshape({T_ * B, I}), BWV).view({T_, B, 2 * H + R});
   auto opts = h0.options();
   // scratch for inference; with `sv` the step writes straight into the saved (T, B, ·) tensors
-  at::Tensor P0 = at::empty({B, I}, opts), E0 = at::empty({B, I}, opts), XT0 = at::empty({B, I}, opts);
-  at::Tensor HT0 = at::empty({B, H}, opts);
-  at::Tensor EWV = at::empty({B, H + R}, opts);  // [e W | e V]
-  at::Tensor XBV = at::empty({B, H + R}, opts);  // [x̃ B | x̃ V] (masked)
+  at::Tensor P0 = sv ? at::Tensor() : at::empty({B, I}, opts), HT0 = sv ? at::Tensor() : at::empty({B, H}, opts);
+  at::Tensor E0 = masked && !sv ? at::empty({B, I}, opts) : at::Tensor();
+  at::Tensor XT0 = masked && !sv ? at::empty({B, I}, opts) : at::Tensor();
+  at::Tensor EWV = at::empty({B, H + R}, opts);                                 // [e W | e V]
+  at::Tensor XBV = masked ? at::empty({B, H + R}, opts) : at::Tensor();  // [x̃ B | x̃ V]
   std::vector<T> hU(static_cast<size_t>(R)), a(static_cast<size_t>(B)), gain(static_cast<size_t>(H));
 
   at::Tensor h = h0;
@@ -131,7 +132,7 @@ void forward_steps(const at::Tensor& hs_out, at::Tensor& UU, at::Tensor& em, at:
     const T* xp = row<T>(xs, i);
     const T *xB, *xV, *mp = nullptr;
     int64_t ldx;  // the row length of the arrays xB and xV point into
-    T* Ep = sv ? row<T>(sv->e, i) : E0.data_ptr<T>();
+    T* Ep = sv ? row<T>(sv->e, i) : masked ? E0.data_ptr<T>() : nullptr;  // unmasked: e is computed per sample
     if (!masked) {
       at::Tensor xi = xall[i];
       at::addmm_out(EWV, xi.narrow(1, H, H + R), P, negWV);  // [x W | x V] − pred [W | V]
@@ -183,7 +184,7 @@ void forward_steps(const at::Tensor& hs_out, at::Tensor& UU, at::Tensor& em, at:
       T* evb = evp + b * I;
       const T* pb = Pp + b * I;
       const T* xb_in = xp + b * I;
-      T* eb = Ep + b * I;
+      T* eb = Ep ? Ep + b * I : nullptr;
       T* devb = sv ? sDev + b * I : nullptr;
       T* epb = sv ? sEp + b * I : nullptr;
       T msum = T(0);

@@ -337,6 +337,19 @@ def test_streaming_cell_uses_the_fast_step_and_equals_the_generic_step():
         assert rel_dev(getattr(z1, k), getattr(z2, k)) <= TOL, k
 
 
+def test_cell_trains_after_a_call_in_inference_mode():
+    """The cell reuses its default Δt tensor between calls, but never one made in inference mode
+    for a call that records a gradient."""
+    torch.manual_seed(4)
+    cell = DREAMCell(I, H, R, dtype=F64)
+    x = torch.randn(3, I, dtype=F64)
+    with torch.inference_mode():
+        cell(x)
+    h, _ = cell(x)
+    h.sum().backward()
+    assert cell.field.C.grad is not None
+
+
 def test_traces_from_fast_steps_equal_generic_traces():
     model = _model(base_plasticity=2.0)
     x, dt, mask = _data(T=12)
