@@ -73,7 +73,14 @@ def test_bench_native_adds_the_compiled_inference_models(tmp_path):
     assert main([*argv, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = {r["model"]: r for r in report["results"]}
-    assert set(rows) == {"dream-euler", "lstm", "lstm-cell", "dream-euler-native", "dream-cell-native"}
+    assert set(rows) == {
+        "dream-euler",
+        "lstm",
+        "lstm-cell",
+        "dream-euler-native",
+        "dream-euler-native-all",
+        "dream-cell-native",
+    }
     assert report["native_build_seconds"] >= 0
     # the sequence model trains too; the streaming cell is compared with nn.LSTMCell
     assert rows["dream-euler-native"]["train_ratio"] > 0 and rows["dream-cell-native"]["train_ms"] is None

@@ -46,10 +46,11 @@ MODELS = (
     "dream-cell",
     "lstm-cell",
     "dream-euler-native",
+    "dream-euler-native-all",
     "dream-cell-native",
 )
 # the Euler path through dreamode.native's C++ kernels (opt-in, compiled on first use)
-NATIVE = ("dream-euler-native", "dream-cell-native")
+NATIVE = ("dream-euler-native", "dream-euler-native-all", "dream-cell-native")
 FORWARD_ONLY = ("dream-cell", "lstm-cell", "dream-cell-native")
 SLOW = ("dream-euler-generic", "dream-rk4-generic")  # the unfused path: --slow-steps, --slow-repeats
 DEFAULT_MODELS = tuple(m for m in MODELS if not m.endswith("-generic") and m not in NATIVE)
@@ -105,7 +106,8 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
     ``dream-euler-irregular``, ``-masked``, ``-padded`` and ``-all`` call the same model with random
     steps Δt in [0.02, 0.2], 30% of the channels missing, lengths spread over [T/2, T], or all
     three. ``dream-cell`` and ``lstm-cell`` stream the sequence one step at a time (forward only).
-    ``-native`` models run through :mod:`dreamode.native`'s C++ kernels (build them first).
+    ``-native`` models run through :mod:`dreamode.native`'s C++ kernels (build them first);
+    ``dream-euler-native-all`` with the three variations.
     """
     import torch
     from torch import nn
@@ -116,7 +118,7 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
     I, H, R = sizes.input_dim, sizes.hidden_dim, sizes.rank
     kwargs: dict[str, Any] = {}
     if name.startswith("dream-euler-") and name != "dream-euler-generic":
-        variant = name.split("-")[2]
+        variant = name.split("-")[-1]
         g = torch.Generator().manual_seed(2)
         B, T = sizes.batch, sizes.steps
         if variant in ("irregular", "all"):
@@ -152,7 +154,7 @@ def make_model(name: str, sizes: Sizes, dtype: Any, rtol: float, atol: float) ->
             from dreamode import native
 
             with native.enabled():
-                return stream(x) if "cell" in name else model(x)[0]
+                return stream(x) if "cell" in name else model(x, **kwargs)[0]
         if name.endswith("-generic"):  # through DREAMField.evaluate, step by step (no fast path)
             from dreamode._fast_euler import disabled
 
@@ -660,8 +662,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--native",
         action="store_true",
-        help="also run dream-euler-native and dream-cell-native: the Euler path through dreamode.native's "
-        "C++ kernels, compiled on first use (needs a C++ compiler)",
+        help="also run dream-euler-native, dream-euler-native-all and dream-cell-native: the Euler path "
+        "through dreamode.native's C++ kernels, compiled on first use (needs a C++ compiler)",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")

@@ -242,6 +242,20 @@ def test_inference_results_continue_in_training():
     assert model.fields[0].C.grad is not None
 
 
+def test_same_bits_twice():
+    torch.manual_seed(10)
+    model = DREAM(I, H, R, dtype=F64)
+    x, dt, mask = _data()
+    runs = []
+    for _ in range(2):
+        model.zero_grad()
+        with native.enabled():
+            out, state = model(x, dt=dt, mask=mask)
+        (out.sum() + state.U.sum()).backward()
+        runs.append((out.detach(), *(p.grad.clone() for p in model.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_switches():
     assert not native.is_enabled()
     with native.enabled():
