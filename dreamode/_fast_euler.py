@@ -27,7 +27,9 @@ few dozen whole-batch tensor operations (docs/performance.md has the design note
   stacked once at the end, never written into a buffer under autograd.
 * The loops run in inference mode with one intra-op thread (small steps, CPU), in TorchScript's
   interpreter (:mod:`._euler_kernel`, :mod:`._script`): the same operations without Python's
-  per-operation overhead.
+  per-operation overhead. With :mod:`.native` enabled, the C++ kernels run the forward and the
+  reverse loop instead (``_native_forward``, ``_Seq._backward_native``); the preparation and the
+  weight gradients stay here.
 
 Padding (``Δt = 0``) selects the old state, as the generic path does.
 """

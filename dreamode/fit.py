@@ -566,6 +566,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--max-series", type=int, default=None, help="use at most this many training series")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="cpu or cuda[:k] (default: %(default)s)")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="run the Euler path through dreamode.native's C++ kernels (CPU; compiled on first use)",
+    )
     p.add_argument("--out", default="out/fit", help="output folder (default: %(default)s)")
     p.add_argument("--resume", default=None, metavar="CKPT", help="continue from last.pt (or its folder)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N epochs; resume later")
@@ -580,6 +585,11 @@ def main_from_args(a: Any) -> int:
     """Run ``dreamode fit`` from parsed arguments; returns the exit code."""
     if a.stop_after is not None and a.stop_after < 1:
         raise ValueError(f"--stop-after: expected a positive integer, got {a.stop_after}")
+    if getattr(a, "native", False):
+        from . import native
+
+        native.enable()
+        print(f"dreamode.native: C++ kernels ready in {native.build_seconds:.1f} s", flush=True)
     try:
         run_fit(
             settings_from_args(a), a.out, resume=a.resume, stop_after=a.stop_after, log=lambda m: print(m, flush=True)

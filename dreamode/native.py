@@ -2,7 +2,7 @@
 
 The default fast path (:mod:`._fast_euler`) runs whole-batch ATen operations from TorchScript's
 interpreter, about 55 a step forward and 60 backward. This module compiles
-``dreamode/csrc/euler_forward.cpp`` with ``torch.utils.cpp_extension`` (the system's C++ compiler
+``dreamode/csrc/euler.cpp`` with ``torch.utils.cpp_extension`` (the system's C++ compiler
 and ninja; about 20-30 s the first time on a machine, then torch's cached build loads in well under
 a second) into two operators that run a whole sequence: the forward (a step is four ATen calls,
 the products with ``C`` and ``[W | V]`` and the two ``tanh``, and loops over the batch that do the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "euler_forward.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "euler.cpp"
 _loaded = False
 _enabled = False
 build_seconds: float | None = None

@@ -45,6 +45,14 @@ def test_cli_fit_writes_metrics_plots_and_checkpoints(tmp_path):
     assert ckpt["format"] == "dreamode-checkpoint" and ckpt["optimizer"]["state"]
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler for dreamode.native")
+def test_cli_fit_with_the_native_kernels(tmp_path):
+    proc = dreamode("fit", *CLI_TINY, "--epochs", "1", "--native", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "dreamode.native: C++ kernels ready" in proc.stdout and "test accuracy" in proc.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 1
+
+
 def test_resume_is_exact(tmp_path):
     settings = dict(TINY, epochs=4, patience=0)
     run_fit(FitSettings(**settings), tmp_path / "a", stop_after=2, log=lambda m: None, progress=False)

@@ -1,11 +1,13 @@
-// The Euler rule of dream-math.md §3-4, fused per sample: dreamode.native's kernels.
+// The Euler rule of dream-math.md §3-4, fused per sample: dreamode.native's two operators.
 //
-// The same rearrangement as dreamode/_euler_kernel.py (input projections for the whole sequence,
-// the learned scalars in the small matrices MY, bY, ML, bL, U and U_target as one (B, 2, R, H)
-// tensor, a hand-written backward over the whole sequence), but a step is a few ATen calls (the
-// products with the weight matrices and the tanh) and loops over the batch that do the rest per
-// sample, in cache. Compiled on demand by dreamode.native.build(); called under
-// torch.inference_mode() (no autograd kernel: dreamode/_fast_euler.py wraps them).
+// euler_forward runs the steps of one layer (optionally saving what the backward needs),
+// euler_backward the reverse loop of the hand-written backward. The arrangement is the default
+// path's (dreamode/_fast_euler.py: input projections for the whole sequence, the learned scalars
+// in the small matrices MY, bY, ML, bL, U and U_target as one (B, 2, R, H) tensor), but a step is
+// a few ATen calls (the products with the weight matrices and the tanh) and loops over the batch
+// that do the rest per sample, in cache. Neither operator has an autograd kernel:
+// dreamode/_fast_euler.py calls them where nothing needs a gradient, or inside its
+// torch.autograd.Function. Compiled on demand by dreamode.native.build().
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
