@@ -242,6 +242,24 @@ def test_inference_results_continue_in_training():
     assert model.fields[0].C.grad is not None
 
 
+def test_traces_through_the_native_single_steps_equal_generic_traces(monkeypatch):
+    """A trace runs the per-step loop; each step (with its trace quantities) goes through the kernel."""
+    torch.manual_seed(11)
+    model = DREAM(I, H, R, dtype=F64, base_plasticity=2.0)
+    x, dt, mask = _data(T=12)
+    calls = _count_native(monkeypatch)
+    runs = []
+    for ctx in (native.enabled(), fe.disabled()):
+        with ctx, torch.no_grad():
+            runs.append(model(x, dt=dt, mask=mask, lengths=torch.tensor([12, 5, 1, 9]), return_trace=True))
+    assert calls["n"] == 12
+    (o1, s1, t1), (o2, s2, t2) = runs
+    assert rel_dev(o1, o2) <= TOL
+    _assert_states_close(s1, s2, TOL)
+    for a, b in zip(t1, t2):
+        assert rel_dev(a, b) <= TOL
+
+
 def test_same_bits_twice():
     torch.manual_seed(10)
     model = DREAM(I, H, R, dtype=F64)
