@@ -135,8 +135,14 @@ def _assert_fast_equals_generic(model: DREAM, name: str, masked: bool, padded: b
     x, dt, mask = _data()
     lengths = torch.tensor([24, 11, 1, 17]) if padded else None
     state0 = _state0(model, 4) if name in ("default", "tau_clamped", "both_off") else None
-    o1, s1, g1 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=True)
-    o2, s2, g2 = _run(model, x, dt, mask if masked else None, lengths, state0, fast=False)
+    fast = _run(model, x, dt, mask if masked else None, lengths, state0, fast=True)
+    generic = _run(model, x, dt, mask if masked else None, lengths, state0, fast=False)
+    _assert_same_results(model, state0, fast, generic)
+
+
+def _assert_same_results(model: DREAM, state0: DREAMState | None, run: tuple, ref: tuple) -> None:
+    """Two results of :func:`_run`: outputs, final state and every gradient agree to TOL."""
+    (o1, s1, g1), (o2, s2, g2) = run, ref
     assert rel_dev(o1, o2) <= TOL
     for k in STATE_FIELDS:
         assert rel_dev(getattr(s1, k), getattr(s2, k)) <= TOL, k

@@ -21,7 +21,7 @@ import shutil
 import pytest
 import torch
 from reference import STATE_FIELDS, rel_dev
-from test_fast_euler import CASES, _data, _gradcheck_fast_path, _run, _state0
+from test_fast_euler import CASES, _assert_same_results, _data, _gradcheck_fast_path, _run, _state0
 
 from dreamode import DREAM, DREAMCell, DREAMState, native
 from dreamode import _fast_euler as fe
@@ -153,17 +153,9 @@ def _assert_native_equals_generic(model, x, dt, mask, lengths, state0, monkeypat
     """Outputs, final state and every gradient through the C++ kernels equal the generic path's."""
     calls = _count_native(monkeypatch)
     with native.enabled():
-        o1, s1, g1 = _run(model, x, dt, mask, lengths, state0, fast=True)
+        run = _run(model, x, dt, mask, lengths, state0, fast=True)
     assert calls["n"] == model.num_layers
-    o2, s2, g2 = _run(model, x, dt, mask, lengths, state0, fast=False)
-    assert rel_dev(o1, o2) <= TOL
-    _assert_states_close(s1, s2, TOL)
-    names = ["x", "dt"] + ([] if state0 is None else [f"state.{k}" for k in STATE_FIELDS])
-    names += [n for n, _ in model.named_parameters()]
-    for n, a, b in zip(names, g1, g2):
-        assert (a is None) == (b is None), n
-        if a is not None:
-            assert rel_dev(a, b) <= TOL, (n, rel_dev(a, b))
+    _assert_same_results(model, state0, run, _run(model, x, dt, mask, lengths, state0, fast=False))
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
