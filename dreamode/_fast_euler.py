@@ -639,7 +639,11 @@ class _Seq:
                 out["x"] = None
         if need_dt:
             gdt = stacked(L_gdt).squeeze(-1)
-            out["dt"] = gdt * (self.dts != 0) if self.frozen is not None else gdt
+            if self.frozen is not None:
+                gdt = gdt * (self.dts != 0)
+            elif self.native:
+                gdt = gdt.clone()  # the kernel made it in inference mode; autograd may add to it in place
+            out["dt"] = gdt
         else:
             out["dt"] = None
         return out
@@ -673,7 +677,10 @@ class _FastEuler(torch.autograd.Function):
             outs, h, UU, em, ev, sc = seq.forward(h0, UU0, em0, ev0, sc0, save=True)
         ctx.save_for_backward(x, dt, mask, h0, UU0, em0, ev0, sc0, C, Bm, W, eta, V, MY, bY, ML, bL)
         ctx.seq = seq
-        out = outs.transpose(0, 1).contiguous() if isinstance(outs, Tensor) else torch.stack(outs, 1)
+        if isinstance(outs, Tensor):  # the C++ kernel's (T, B, H), made in inference mode: always copy
+            out = outs.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        else:
+            out = torch.stack(outs, 1)
         return out, h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
 
     @staticmethod

@@ -181,6 +181,16 @@ def test_native_training_over_many_segments(monkeypatch):
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_two_layers_sharing_dt_without_padding(masked, monkeypatch):
+    """Both layers return a gradient for the same ``dt``: autograd adds them (regression: the
+    kernel's gradient was an inference-mode tensor, which autograd cannot add to in place)."""
+    torch.manual_seed(12)
+    model = DREAM(I, H, R, num_layers=2, dtype=F64)
+    x, dt, mask = _data()
+    _assert_native_equals_generic(model, x, dt, mask if masked else None, None, None, monkeypatch)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
 def test_gradcheck_through_the_native_backward(masked, monkeypatch):
     calls = _count_native(monkeypatch)
     with native.enabled():
@@ -218,6 +228,22 @@ def test_backward_twice_needs_retain_graph():
     assert rel_dev(x.grad, 2 * first) <= TOL
     with pytest.raises(RuntimeError, match="second time"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize(("B", "T"), [(1, 5), (3, 1), (1, 1)])
+def test_training_outputs_are_ordinary_tensors_at_every_size(B, T):
+    """Outputs and states of a training call can be changed in place (regression: with B = 1 or
+    T = 1 the output was the kernel's inference-mode tensor itself)."""
+    torch.manual_seed(13)
+    model = DREAM(I, H, R, dtype=F64)
+    x = torch.randn(B, T, I, dtype=F64, requires_grad=True)
+    with native.enabled():
+        out, state = model(x)
+    assert not out.is_inference() and not any(c.is_inference() for c in state)
+    (out.sum() + state.h.sum()).backward()
+    out.detach().add_(1.0)
+    state.h.detach().add_(1.0)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_inference_results_continue_in_training():
