@@ -155,7 +155,8 @@ def _tensors_of(f: DREAMField) -> tuple[Tensor, ...]:
 
 def _weights_cached(f: DREAMField) -> _Weights:
     """The field's :class:`_Weights` without autograd, rebuilt only when a parameter has changed."""
-    key = tuple((p._version, p.data_ptr()) for p in _tensors_of(f))  # a new dtype or device moves the data
+    ts = _tensors_of(f)
+    key = [p._version for p in ts] + [p.data_ptr() for p in ts]  # a new dtype or device moves the data
     hit = _WEIGHT_CACHE.get(f)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -836,15 +837,9 @@ def step(
     The aux (``None`` unless ``aux``) holds what a trace records (surprise, τ, prediction, error
     norm); its ``decay`` (used by the semi-implicit step only) is left empty.
     """
-    h0, U0, Ut0, em0, ev0, as0, at0 = z
     if not aux and native.applies(x):
-        # nothing requires a gradient (step_applies), and the op records none: no no_grad needed
-        ms = None if mask is None else mask.unsqueeze(0)
-        UU0, sc0 = _pack_U(U0, Ut0), _pack(as0, at0, 1)
-        _, h, UU, em, ev, sc, _ = _native_forward(
-            f.config, _weights_cached(f), x.unsqueeze(0), dt.unsqueeze(0), ms, h0, UU0, em0, ev0, sc0
-        )
-        return _state(h, UU, em, ev, sc), None
+        return _native_cell(f, z, x, mask, dt), None
+    h0, U0, Ut0, em0, ev0, as0, at0 = z
     with torch.no_grad():
         cfg = f.config
         if mask is None and not aux:
@@ -867,11 +862,33 @@ def step(
         return state, FieldAux(S, tau, pred, n[:, 0])
 
 
-def _state(h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor) -> DREAMState:
-    """The kernel's ``(h, UU, em, ev, sc)`` as a :class:`DREAMState` (``U``, ``U_target`` are views)."""
-    U, Ut = UU.transpose(2, 3).unbind(1)
-    as_, at = sc.unbind(1)
-    return DREAMState(h, U, Ut, em, ev, as_, at)
+def _native_rates(cfg: Any) -> list[float]:
+    """The C++ kernels' rates: ``[β/Δt_ref, surprise and habituation rates, 1/τ_max, 1/τ_min, θ_max, N]``."""
+    return [
+        cfg.error_smoothing / cfg.time_step,
+        cfg.surprise_smoothing / cfg.time_step,
+        cfg.habituation_rate / cfg.time_step,
+        1 / cfg.tau_max,
+        1 / cfg.tau_min,
+        float(cfg.max_adaptive_tau),
+        float(cfg.target_norm),
+    ]
+
+
+def _native_cell(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> DREAMState:
+    """One step of the C++ kernel from ``x`` ``(B, I)``, ``dt`` ``(B,)``, without a gradient.
+
+    The op packs and unpacks the state itself: in Python that cost as much as the step.
+    """
+    cfg, w = f.config, _weights_cached(f)
+    weights = [w.C, w.Vt, w.BWV, w.WV, w.negWV, w.BV, w.eta, w.MY, w.bY, w.ML, w.bL]
+    fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
+    # nothing requires a gradient (step_applies), and the op records none: no no_grad needed
+    with contextlib.nullcontext() if torch.get_num_threads() == 1 else _serial(x.device, 1):
+        out = torch.ops.dreamode_native.euler_cell.default(
+            *z, x, dt, mask, weights, _native_rates(cfg), fw, mix, cfg.ltc_enabled
+        )
+    return DREAMState(*out)
 
 
 def _native_forward(
@@ -895,15 +912,7 @@ def _native_forward(
     else ``UU`` before every ``every``-th step ``(K, B, 2, R, H)`` and the other values of
     ``SAVED[2:] + SAVED_MASKED``, each ``(T, B, ·)``. ``xall``: the input projection, if made.
     """
-    rates = [
-        cfg.error_smoothing / cfg.time_step,
-        cfg.surprise_smoothing / cfg.time_step,
-        cfg.habituation_rate / cfg.time_step,
-        1 / cfg.tau_max,
-        1 / cfg.tau_min,
-        float(cfg.max_adaptive_tau),
-        float(cfg.target_norm),
-    ]
+    rates = _native_rates(cfg)
     fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
     work = xs.shape[1] * w.C.shape[0] * (xs.shape[2] + 2 * w.V.shape[1])
     # the op has no autograd kernel: it runs without a gradient, or inside _FastEuler

@@ -108,4 +108,4 @@ def enabled(verbose: bool = False) -> Iterator[None]:
 
 def applies(x: torch.Tensor) -> bool:
     """Whether the kernels run this input (enabled, CPU, float32 or float64)."""
-    return _enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return _enabled and x.is_cpu and x.dtype in (torch.float32, torch.float64)

@@ -360,6 +360,45 @@ Result euler_forward(const at::Tensor& h, const at::Tensor& UU, const at::Tensor
   return {out, hT, UUw, emw, evw, scw, saved};
 }
 
+// -- one streaming step ----------------------------------------------------------------------------
+
+// `a` and `b` as the two halves (along dim 1) of one contiguous tensor of `shape` and `strides`,
+// if they are such views, with strides `view_strides` (the state this file returns); else stacked
+at::Tensor pair(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef shape, at::IntArrayRef strides,
+                at::IntArrayRef view_strides, const std::vector<at::Tensor>& parts) {
+  const int64_t half = strides[1];
+  if (a.strides() == view_strides && b.strides() == view_strides && b.storage().is_alias_of(a.storage()) &&
+      b.storage_offset() == a.storage_offset() + half) {
+    at::Tensor base = a.as_strided(shape, strides, a.storage_offset());
+    if (base.is_contiguous()) return base;
+  }
+  return at::stack(parts, 1).contiguous();
+}
+
+using State = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// One step of DREAMCell without a gradient, from and to the seven tensors of a DREAMState: h (B, H),
+// U and U_target (B, H, R), error_mean and error_var (B, I), avg_surprise and adaptive_tau (B,).
+// The returned U, U_target (and the two scalars) are views of one tensor, which the next call
+// takes as it is.
+State euler_cell(const at::Tensor& h, const at::Tensor& U, const at::Tensor& Ut, const at::Tensor& em,
+                 const at::Tensor& ev, const at::Tensor& as, const at::Tensor& at_, const at::Tensor& x,
+                 const at::Tensor& dt, const c10::optional<at::Tensor>& mask, at::TensorList w,
+                 at::ArrayRef<double> rates, bool fw, bool mix, bool ltc) {
+  TORCH_CHECK(w.size() == 11, "euler_cell: expected 11 weights");
+  const int64_t B = U.size(0), H = U.size(1), R = U.size(2), RH = R * H;
+  at::Tensor UU = pair(U, Ut, {B, 2, R, H}, {2 * RH, RH, H, 1}, {2 * RH, 1, H}, {U.transpose(1, 2), Ut.transpose(1, 2)});
+  at::Tensor sc = pair(as, at_, {B, 2}, {2, 1}, {2}, {as, at_});
+  c10::optional<at::Tensor> ms;
+  if (mask.has_value()) ms = mask->unsqueeze(0);
+  auto r = euler_forward(h, UU, em, ev, sc, x.unsqueeze(0), dt.unsqueeze(0), ms, c10::nullopt, w[0], w[1], w[2],
+                         w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], rates, fw, mix, ltc, false, 1);
+  const at::Tensor& UUn = std::get<2>(r);
+  const at::Tensor& scn = std::get<5>(r);
+  return {std::get<0>(r)[0], UUn.select(1, 0).transpose(1, 2), UUn.select(1, 1).transpose(1, 2), std::get<3>(r),
+          std::get<4>(r), scn.select(1, 0), scn.select(1, 1)};
+}
+
 // -- the reverse loop ------------------------------------------------------------------------------
 
 // per-step inputs of the reverse loop, each (T, B, ·) and contiguous, in the order of `steps`
@@ -632,6 +671,11 @@ TORCH_LIBRARY(dreamode_native, m) {
       "Tensor ML, Tensor bL, float[] rates, bool fw, bool mix, bool ltc, bool save, int every) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])",
       &euler_forward);
+  m.def(
+      "euler_cell(Tensor h, Tensor U, Tensor Ut, Tensor em, Tensor ev, Tensor avg_surprise, Tensor adaptive_tau, "
+      "Tensor x, Tensor dt, Tensor? mask, Tensor[] w, float[] rates, bool fw, bool mix, bool ltc) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      &euler_cell);
   m.def(
       "euler_backward(int every, Tensor gh, Tensor gUU, Tensor gem, Tensor gev, Tensor gsc, Tensor? g_out, "
       "Tensor kept, Tensor[] steps, Tensor[] mats, Tensor? ms, bool need_dt, bool mix, bool fw) "

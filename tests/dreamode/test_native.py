@@ -43,14 +43,16 @@ def kernel():
 
 
 def _count_native(monkeypatch) -> dict[str, int]:
+    """Counts the calls into the C++ kernels (sequences and streaming steps)."""
     calls = {"n": 0}
-    real = fe._native_forward
+    for name in ("_native_forward", "_native_cell"):
+        real = getattr(fe, name)
 
-    def counted(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
+        def counted(*a, _real=real, **k):
+            calls["n"] += 1
+            return _real(*a, **k)
 
-    monkeypatch.setattr(fe, "_native_forward", counted)
+        monkeypatch.setattr(fe, name, counted)
     return calls
 
 
