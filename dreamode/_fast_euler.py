@@ -130,6 +130,8 @@ class _Weights:
         self.negWV = -self.WV
         self.BV = torch.cat([Bm, V], 1)  # (I, H+R)
         self.BWV = torch.cat([Bm, W, V], 1)  # (I, 2H+R)
+        # what every step multiplies with, in the order of the loops' (and the C++ kernels') arguments
+        self.kernel = [self.C, self.Vt, self.WV, self.negWV, self.BV, eta, self.MY, self.bY, self.ML, self.bL]
 
 
 _WEIGHT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -169,22 +171,26 @@ def _weights_cached(f: DREAMField) -> _Weights:
 _SERIAL_WORK = 1 << 21
 
 
-@contextlib.contextmanager
-def _serial(device: torch.device, work: int) -> Iterator[None]:
+def _serial(device: torch.device, work: int) -> contextlib.AbstractContextManager:
     """One intra-op thread while a loop of small steps runs (on the CPU).
 
     A step's tensors are a few thousand numbers; splitting each operation over threads costs a
-    synchronisation per operation and, on a busy machine, a wait for a descheduled thread.
+    synchronisation per operation and, on a busy machine, a wait for a descheduled thread. Where
+    nothing changes this is a ``nullcontext`` (a streaming step pays for this call every time).
     """
     n = torch.get_num_threads()
     if device.type != "cpu" or n == 1 or work > _SERIAL_WORK:
-        yield
-        return
-    torch.set_num_threads(1)
+        return contextlib.nullcontext()
+    return _threads(1, n)
+
+
+@contextlib.contextmanager
+def _threads(n: int, restore: int) -> Iterator[None]:
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(restore)
 
 
 class _Consts:
@@ -349,16 +355,7 @@ class _Seq:
                 self.MC if masked else None,
                 keeps,
                 frozen if frozen is not None else [],
-                w.C,
-                w.Vt,
-                w.WV,
-                w.negWV,
-                w.BV,
-                w.eta,
-                w.MY,
-                w.bY,
-                w.ML,
-                w.bL,
+                *w.kernel,
                 consts,
                 float(self.cfg.max_adaptive_tau),
                 self.fw,
@@ -440,7 +437,9 @@ class _Seq:
         steps += dt_terms if need_dt else [empty, empty, empty]
         steps += [self.dts.unsqueeze(-1)]
         mats = [self.eta, self.C.t(), self.WV.t(), self.V, self.ML, self.MY, self.BV.t()]
-        with _serial(self.xs.device, self.work):
+        # outside inference mode (still without autograd): the gradients it returns are ordinary
+        # tensors, which autograd may add to in place (dt's, when two layers share it)
+        with torch.inference_mode(False), torch.no_grad(), _serial(self.xs.device, self.work):
             gh, gUU, gem, gev, gsc, G = torch.ops.dreamode_native.euler_backward(
                 self.uu_every, gh, gUU, gem, gev, gsc, g_out, kept, steps, mats, self.ms, need_dt, self.mix, fw
             )
@@ -558,48 +557,46 @@ class _Seq:
                     sv[name] = []
 
             gUU = gUU.contiguous()
-            lists: list[list[Tensor]] = [[] for _ in range(10)]
             if self.native:
-                G = self._backward_native(
+                gh, gUU, gem, gev, gsc, *G = self._backward_native(
                     sv["UU"], gh, gUU, gem, gev, gsc, g_out, per_step, preds, hts, Mixes, EV3, GAIN3, dt_terms, need_dt
                 )
-                gh, gUU, gem, gev, gsc = G[:5]
-                lists = [[t] for t in G[5:]]  # one stacked (T, B, ·) tensor each, in forward order
-            with _serial(self.xs.device, self.work):
-                for lo, hi, UUs in [] if self.native else segments:
-                    gh, gUU, gem, gev, gsc, seg = _script.call(
-                        _euler_kernel.backward_loop,
-                        lo,
-                        hi,
-                        gh,
-                        gUU,
-                        gem,
-                        gev,
-                        gsc,
-                        g_out,
-                        UUs,
-                        Mixes,
-                        preds,
-                        hts,
-                        per_step,
-                        EV3,
-                        GAIN3,
-                        self.ms,
-                        self.OM if masked else None,
-                        dt_terms,
-                        mats,
-                        self.mix,
-                        fw,
-                    )
-                    for acc, part in zip(lists, seg):
-                        acc.extend(part)
-            L_gPn, L_gu, L_gHZf, L_gLin, L_ggain, L_gE, L_gxV, L_geV, L_gdt, L_gxt = lists
+            else:
+                lists: list[list[Tensor]] = [[] for _ in range(10)]
+                with _serial(self.xs.device, self.work):
+                    for lo, hi, UUs in segments:
+                        gh, gUU, gem, gev, gsc, seg = _script.call(
+                            _euler_kernel.backward_loop,
+                            lo,
+                            hi,
+                            gh,
+                            gUU,
+                            gem,
+                            gev,
+                            gsc,
+                            g_out,
+                            UUs,
+                            Mixes,
+                            preds,
+                            hts,
+                            per_step,
+                            EV3,
+                            GAIN3,
+                            self.ms,
+                            self.OM if masked else None,
+                            dt_terms,
+                            mats,
+                            self.mix,
+                            fw,
+                        )
+                        for acc, part in zip(lists, seg):
+                            acc.extend(part)
 
-        def stacked(lst: list[Tensor]) -> Tensor:
-            if self.native:
-                return lst[0]
-            lst.reverse()
-            return torch.stack(lst)
+        if not self.native:
+            # the loop appended from the last step: stacked in forward order (None: not computed),
+            # outside inference mode, so that what is returned is an ordinary tensor
+            G = [torch.stack(lst[::-1]) if lst else None for lst in lists]
+        G_Pn, G_u, G_HZf, G_Lin, G_gain, G_E, G_xV, G_eV, G_dt, G_xt = G
 
         def flat(t: Tensor) -> Tensor:
             return t.reshape(-1, t.shape[-1])
@@ -611,26 +608,26 @@ class _Seq:
             "ev": gev.clone(),
             "sc": gsc.clone(),
         }
-        out["C"] = torch.mm(flat(Hs).t(), flat(stacked(L_gPn))).neg_()
-        GU = stacked(L_gu)
+        out["C"] = torch.mm(flat(Hs).t(), flat(G_Pn)).neg_()
+        GU = G_u
         GXB = GU * DTs[..., 5:6]
-        GHZf, GLin = stacked(L_gHZf), stacked(L_gLin)
+        GHZf, GLin = G_HZf, G_Lin
         GY, GL = GHZf[..., 0:2], GLin
         out["MY"] = torch.mm(flat(Qs).t(), flat(GY))
         out["bY"] = GY.sum((0, 1))
         out["ML"] = torch.mm(flat(HZs).t(), flat(GL))
         out["bL"] = GL.sum((0, 1))
         if fw:
-            out["eta"] = (stacked(L_ggain) * (dtS * Hs)).sum((0, 1))
-            GXV = stacked(L_gxV) + stacked(L_geV)
+            out["eta"] = (G_gain * (dtS * Hs)).sum((0, 1))
+            GXV = G_xV + G_eV
         else:
             out["eta"] = None  # unused, as in the generic path
-            GXV = stacked(L_gxV)
-        GE = stacked(L_gE)
+            GXV = G_xV
+        GE = G_E
         out["W"] = torch.mm(flat(_stk(sv["e"])).t(), flat(GU))
         if masked:
             out["B"] = torch.mm(flat(_stk(sv["xt"])).t(), flat(GXB))
-            out["x"] = (self.ms * (stacked(L_gxt) + GE)) if need_x else None
+            out["x"] = (self.ms * (G_xt + GE)) if need_x else None
         else:
             out["B"] = torch.mm(flat(self.xs).t(), flat(GXB))
             if need_x:
@@ -639,12 +636,8 @@ class _Seq:
             else:
                 out["x"] = None
         if need_dt:
-            gdt = stacked(L_gdt).squeeze(-1)
-            if self.frozen is not None:
-                gdt = gdt * (self.dts != 0)
-            elif self.native:
-                gdt = gdt.clone()  # the kernel made it in inference mode; autograd may add to it in place
-            out["dt"] = gdt
+            gdt = G_dt.squeeze(-1)
+            out["dt"] = gdt * (self.dts != 0) if self.frozen is not None else gdt
         else:
             out["dt"] = None
         return out
@@ -881,12 +874,11 @@ def _native_cell(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, d
     The op packs and unpacks the state itself: in Python that cost as much as the step.
     """
     cfg, w = f.config, _weights_cached(f)
-    weights = [w.C, w.Vt, w.BWV, w.WV, w.negWV, w.BV, w.eta, w.MY, w.bY, w.ML, w.bL]
     fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
     # nothing requires a gradient (step_applies), and the op records none: no no_grad needed
-    with contextlib.nullcontext() if torch.get_num_threads() == 1 else _serial(x.device, 1):
+    with _serial(x.device, 1):
         out = torch.ops.dreamode_native.euler_cell.default(
-            *z, x, dt, mask, weights, _native_rates(cfg), fw, mix, cfg.ltc_enabled
+            *z, x, dt, mask, w.BWV, w.kernel, _native_rates(cfg), fw, mix, cfg.ltc_enabled
         )
     return DREAMState(*out)
 
@@ -916,34 +908,9 @@ def _native_forward(
     fw, mix = cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled
     work = xs.shape[1] * w.C.shape[0] * (xs.shape[2] + 2 * w.V.shape[1])
     # the op has no autograd kernel: it runs without a gradient, or inside _FastEuler
-    with contextlib.nullcontext() if torch.get_num_threads() == 1 else _serial(xs.device, work):
+    with _serial(xs.device, work):
         return torch.ops.dreamode_native.euler_forward.default(
-            h,
-            UU,
-            em,
-            ev,
-            sc,
-            xs,
-            dts,
-            ms,
-            xall,
-            w.C,
-            w.Vt,
-            w.BWV,
-            w.WV,
-            w.negWV,
-            w.BV,
-            w.eta,
-            w.MY,
-            w.bY,
-            w.ML,
-            w.bL,
-            rates,
-            fw,
-            mix,
-            cfg.ltc_enabled,
-            save,
-            every,
+            h, UU, em, ev, sc, xs, dts, ms, xall, w.BWV, w.kernel, rates, fw, mix, cfg.ltc_enabled, save, every
         )
 
 
@@ -966,7 +933,7 @@ def _cell_step(
             x,
             dt,
             w.BWV,
-            [w.C, w.Vt, w.WV, w.negWV, w.BV, w.eta, w.MY, w.bY, w.ML, w.bL],
+            w.kernel,
             [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis],
             [k.rates, k.dt8_one, k.dt8_mask],
             [cfg.error_smoothing / cfg.time_step, 1 / cfg.tau_max, 1 / cfg.tau_min],

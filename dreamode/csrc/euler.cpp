@@ -301,14 +301,15 @@ using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 // The steps of one layer: (outputs (T, B, H), h, UU, error_mean, error_var, [avg_surprise,
 // adaptive_tau], saved). `saved` (empty unless `save`): UU before every `every`-th step, then pred,
 // e, dev, ep, A, Q, HZ, Lin, DT, ht, eV, Mix, gain, rn, xt, XB, xV, each (T, B, ·).
+// `w`: C, Vᵀ, [W | V], −[W | V], [B | V], eta, MY, bY, ML, bL (the scripted loops' order).
 Result euler_forward(const at::Tensor& h, const at::Tensor& UU, const at::Tensor& em, const at::Tensor& ev,
                      const at::Tensor& sc, const at::Tensor& xs, const at::Tensor& dts, const c10::optional<at::Tensor>& ms,
-                     const c10::optional<at::Tensor>& xall,
-                     const at::Tensor& C, const at::Tensor& Vt, const at::Tensor& BWV, const at::Tensor& WV,
-                     const at::Tensor& negWV, const at::Tensor& BV, const at::Tensor& eta, const at::Tensor& MY,
-                     const at::Tensor& bY, const at::Tensor& ML, const at::Tensor& bL, at::ArrayRef<double> rates,
-                     bool fw, bool mix, bool ltc, bool save, int64_t every) {
+                     const c10::optional<at::Tensor>& xall, const at::Tensor& BWV, at::TensorList w,
+                     at::ArrayRef<double> rates, bool fw, bool mix, bool ltc, bool save, int64_t every) {
+  TORCH_CHECK(w.size() == 10, "euler_forward: expected 10 weights, got ", w.size());
   TORCH_CHECK(rates.size() == 7, "euler_forward: expected 7 rates, got ", rates.size());
+  const at::Tensor &C = w[0], &Vt = w[1], &WV = w[2], &negWV = w[3], &BV = w[4], &eta = w[5], &MY = w[6],
+                   &bY = w[7], &ML = w[8], &bL = w[9];
   TORCH_CHECK(xs.device().is_cpu(), "dreamode.native: CPU tensors only, got ", xs.device());
   TORCH_CHECK(every >= 1, "euler_forward: every must be >= 1, got ", every);
   const Rates k{rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], rates[6]};
@@ -383,16 +384,15 @@ using State = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Ten
 // takes as it is.
 State euler_cell(const at::Tensor& h, const at::Tensor& U, const at::Tensor& Ut, const at::Tensor& em,
                  const at::Tensor& ev, const at::Tensor& as, const at::Tensor& at_, const at::Tensor& x,
-                 const at::Tensor& dt, const c10::optional<at::Tensor>& mask, at::TensorList w,
-                 at::ArrayRef<double> rates, bool fw, bool mix, bool ltc) {
-  TORCH_CHECK(w.size() == 11, "euler_cell: expected 11 weights");
+                 const at::Tensor& dt, const c10::optional<at::Tensor>& mask, const at::Tensor& BWV,
+                 at::TensorList w, at::ArrayRef<double> rates, bool fw, bool mix, bool ltc) {
   const int64_t B = U.size(0), H = U.size(1), R = U.size(2), RH = R * H;
   at::Tensor UU = pair(U, Ut, {B, 2, R, H}, {2 * RH, RH, H, 1}, {2 * RH, 1, H}, {U.transpose(1, 2), Ut.transpose(1, 2)});
   at::Tensor sc = pair(as, at_, {B, 2}, {2, 1}, {2}, {as, at_});
   c10::optional<at::Tensor> ms;
   if (mask.has_value()) ms = mask->unsqueeze(0);
-  auto r = euler_forward(h, UU, em, ev, sc, x.unsqueeze(0), dt.unsqueeze(0), ms, c10::nullopt, w[0], w[1], w[2],
-                         w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], rates, fw, mix, ltc, false, 1);
+  auto r = euler_forward(h, UU, em, ev, sc, x.unsqueeze(0), dt.unsqueeze(0), ms, c10::nullopt, BWV, w, rates, fw,
+                         mix, ltc, false, 1);
   const at::Tensor& UUn = std::get<2>(r);
   const at::Tensor& scn = std::get<5>(r);
   return {std::get<0>(r)[0], UUn.select(1, 0).transpose(1, 2), UUn.select(1, 1).transpose(1, 2), std::get<3>(r),
@@ -667,13 +667,12 @@ BackResult euler_backward(int64_t every, const at::Tensor& gh, const at::Tensor&
 TORCH_LIBRARY(dreamode_native, m) {
   m.def(
       "euler_forward(Tensor h, Tensor UU, Tensor em, Tensor ev, Tensor sc, Tensor xs, Tensor dts, Tensor? ms, Tensor? xall, "
-      "Tensor C, Tensor Vt, Tensor BWV, Tensor WV, Tensor negWV, Tensor BV, Tensor eta, Tensor MY, Tensor bY, "
-      "Tensor ML, Tensor bL, float[] rates, bool fw, bool mix, bool ltc, bool save, int every) "
+      "Tensor BWV, Tensor[] w, float[] rates, bool fw, bool mix, bool ltc, bool save, int every) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])",
       &euler_forward);
   m.def(
       "euler_cell(Tensor h, Tensor U, Tensor Ut, Tensor em, Tensor ev, Tensor avg_surprise, Tensor adaptive_tau, "
-      "Tensor x, Tensor dt, Tensor? mask, Tensor[] w, float[] rates, bool fw, bool mix, bool ltc) "
+      "Tensor x, Tensor dt, Tensor? mask, Tensor BWV, Tensor[] w, float[] rates, bool fw, bool mix, bool ltc) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       &euler_cell);
   m.def(
