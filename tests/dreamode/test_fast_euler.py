@@ -234,18 +234,24 @@ def test_gradcheck_through_the_fast_runge_kutta_path(masked):
     _gradcheck_fast_path("rk4", [4, 2, 3], masked=masked, counter="rk")
 
 
-def test_fast_runge_kutta_is_one_node_and_retains_its_graph_on_request():
-    assert _graph_nodes("rk4", 3) == _graph_nodes("rk4", 40)
-    model = _model(solver="rk4")
-    x, dt, _ = _data(T=6)
+def _assert_backward_twice_needs_retain_graph(model: DREAM, T: int = 6, path=contextlib.nullcontext) -> None:
+    """A second backward pass gives the same gradient again when the first retained the graph,
+    and a clear error when it did not (``path``: the context the forward runs in)."""
+    x, dt, _ = _data(T=T)
     x.requires_grad_()
-    out, _ = model(x, dt=dt)
+    with path():
+        out, _ = model(x, dt=dt)
     out.sum().backward(retain_graph=True)
     first = x.grad.clone()
     out.sum().backward()
     assert rel_dev(x.grad, 2 * first) <= TOL
     with pytest.raises(RuntimeError, match="second time"):
         out.sum().backward()
+
+
+def test_fast_runge_kutta_is_one_node_and_retains_its_graph_on_request():
+    assert _graph_nodes("rk4", 3) == _graph_nodes("rk4", 40)
+    _assert_backward_twice_needs_retain_graph(_model(solver="rk4"))
 
 
 def test_recomputed_fast_weights_in_the_backward(monkeypatch):
@@ -288,16 +294,7 @@ def test_one_autograd_node_whatever_the_length():
 
 
 def test_backward_twice_needs_retain_graph():
-    model = _model()
-    x, dt, _ = _data(T=6)
-    x.requires_grad_()
-    out, _ = model(x, dt=dt)
-    out.sum().backward(retain_graph=True)
-    first = x.grad.clone()
-    out.sum().backward()  # the graph was retained: a second pass gives the same gradient again
-    assert rel_dev(x.grad, 2 * first) <= TOL
-    with pytest.raises(RuntimeError, match="second time"):
-        out.sum().backward()
+    _assert_backward_twice_needs_retain_graph(_model())
 
 
 def test_changing_a_parameter_in_place_before_backward_is_reported():

@@ -21,7 +21,15 @@ import shutil
 import pytest
 import torch
 from reference import STATE_FIELDS, rel_dev
-from test_fast_euler import CASES, _assert_same_results, _data, _gradcheck_fast_path, _run, _state0
+from test_fast_euler import (
+    CASES,
+    _assert_backward_twice_needs_retain_graph,
+    _assert_same_results,
+    _data,
+    _gradcheck_fast_path,
+    _run,
+    _state0,
+)
 
 from dreamode import DREAM, DREAMCell, DREAMState, native
 from dreamode import _fast_euler as fe
@@ -220,16 +228,7 @@ def test_float32_training_close_to_the_default_path():
 def test_backward_twice_needs_retain_graph():
     torch.manual_seed(9)
     model = DREAM(I, H, R, dtype=F64)
-    x, dt, _ = _data(T=20)
-    x.requires_grad_()
-    with native.enabled():
-        out, _ = model(x, dt=dt)
-    out.sum().backward(retain_graph=True)
-    first = x.grad.clone()
-    out.sum().backward()
-    assert rel_dev(x.grad, 2 * first) <= TOL
-    with pytest.raises(RuntimeError, match="second time"):
-        out.sum().backward()
+    _assert_backward_twice_needs_retain_graph(model, T=20, path=native.enabled)
 
 
 @pytest.mark.parametrize(("B", "T"), [(1, 5), (3, 1), (1, 1)])
