@@ -419,9 +419,9 @@ def test_scripted_loops_equal_the_python_loops(name, masked):
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
 @pytest.mark.parametrize("method", ["rk4", "midpoint"])
 @pytest.mark.parametrize("name", ["default", "both_off", "sleep_off"])
-def test_scripted_runge_kutta_inference_equals_its_python_loop(name, method, masked, monkeypatch):
-    """Without a gradient the Runge-Kutta loop runs through TorchScript (dreamode/_rk_kernel.py);
-    the Python loop that the training path uses gives the same bits."""
+def test_scripted_runge_kutta_loops_equal_the_python_loops(name, method, masked):
+    """The Runge-Kutta loops (dreamode/_rk_kernel.py) run through TorchScript by default; as plain
+    Python they give the same bits, with and without a gradient."""
     from dreamode import _rk_kernel, _script
 
     model = _model(solver=method, **CASES[name])
@@ -432,11 +432,28 @@ def test_scripted_runge_kutta_inference_equals_its_python_loop(name, method, mas
     with torch.no_grad(), counting() as calls:
         o1, s1 = model(x, state0, dt=dt, mask=m, lengths=lengths)
     assert calls["rk"] == 1 and _script.is_scripted(_rk_kernel.forward_loop)
-    monkeypatch.setattr(
-        frk._Runner, "infer", lambda self, y, UU, dts, diff, ws: self.forward(y, UU, dts, diff, ws, False)
-    )
-    with torch.no_grad():
+    with torch.no_grad(), _script.interpreted():
         o2, s2 = model(x, state0, dt=dt, mask=m, lengths=lengths)
     assert torch.equal(o1, o2)
     for a, b in zip(s1, s2):
         assert torch.equal(a, b)
+
+    o1, s1, g1 = _run(model, x, dt, m, lengths, state0, fast=True)
+    assert _script.is_scripted(_rk_kernel.backward_loop)
+    with _script.interpreted():
+        o2, s2, g2 = _run(model, x, dt, m, lengths, state0, fast=True)
+    assert torch.equal(o1, o2)
+    for k in STATE_FIELDS:
+        assert torch.equal(getattr(s1, k), getattr(s2, k)), k
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
+def test_runge_kutta_backward_over_several_chunks_equals_generic(masked, monkeypatch):
+    """The reverse loop runs over chunks of steps (freeing each after use): chunk edges inside
+    the sequence, with padding, change nothing."""
+    monkeypatch.setattr(frk, "_CHUNK", 5)
+    _assert_fast_equals_generic(_model(solver="rk4", base_plasticity=2.0), "default", masked, padded=True)
