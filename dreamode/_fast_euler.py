@@ -407,67 +407,77 @@ class _Seq:
 
     def _backward_native(
         self,
-        kept: Tensor,
         gh: Tensor,
         gUU: Tensor,
         gem: Tensor,
         gev: Tensor,
         gsc: Tensor,
         g_out: Tensor | None,
-        per_step: list[Tensor],
-        preds: Tensor,
-        hts: Tensor,
-        Mixes: Tensor,
-        EV3: Tensor | None,
-        GAIN3: Tensor | None,
-        dt_terms: list[Tensor],
+        Hs: Tensor,
         need_dt: bool,
     ) -> list[Tensor]:
-        """The reverse loop through the C++ kernel, from ``UU`` kept every ``uu_every`` steps.
+        """The reverse loop through the C++ kernel, from ``UU`` kept every ``uu_every`` steps and
+        the values the C++ forward saved; the local derivatives are formed inside the loop.
 
         Returns ``[gh, gUU, gem, gev, gsc]`` then, stacked in forward order, ``gPn, gu, gHZf,
         gLin, g_gain, gE, gxV, geV, gdt, gxt``.
         """
-        D1, D2, D3, P1, P2, P3, HmH, dtS, H3, As, C1, dtr, omdtr, omdtR, XVT, XB = per_step
+        sv, H = self.saved, self.H
         empty = gh.new_empty(0)
-        fw = self.fw
-        steps = [D1, D2, D3, P1, P2, P3, HmH, dtS, H3.squeeze(2), As, C1, dtr, omdtr, omdtR, XVT.squeeze(-1), XB]
-        steps += [Mixes if self.mix else empty, preds, hts]
-        steps += [empty, empty] if EV3 is None or GAIN3 is None else [EV3.squeeze(2), GAIN3.squeeze(2)]
-        steps += dt_terms if need_dt else [empty, empty, empty]
-        steps += [self.dts.unsqueeze(-1)]
+        fw, masked = self.fw, self.ms is not None
+        if masked:
+            XV, XB, MC = sv["xV"], sv["XB"], self.ms / self.ms.sum(-1, keepdim=True).clamp_min(1.0)
+        else:
+            XV, XB, MC = self.xall[..., 2 * H :], self.xall[..., :H], empty
+        steps = [sv["DT"], sv["Q"], sv["HZ"], sv["A"], sv["dev"], sv["ep"], Hs, sv["ht"]]
+        steps += [sv["Lin"] if need_dt else empty, sv["rn"] if fw else empty, XV, XB]
+        steps += [sv["Mix"] if self.mix else empty, sv["pred"], sv["eV"] if fw else empty]
+        steps += [sv["gain"] if fw else empty, MC, self.dts.unsqueeze(-1)]
         mats = [self.eta, self.C.t(), self.WV.t(), self.V, self.ML, self.MY, self.BV.t()]
         # outside inference mode (still without autograd): the gradients it returns are ordinary
         # tensors, which autograd may add to in place (dt's, when two layers share it)
         with torch.inference_mode(False), torch.no_grad(), _serial(self.xs.device, self.work):
             gh, gUU, gem, gev, gsc, G = torch.ops.dreamode_native.euler_backward(
-                self.uu_every, gh, gUU, gem, gev, gsc, g_out, kept, steps, mats, self.ms, need_dt, self.mix, fw
+                self.uu_every,
+                gh,
+                gUU,
+                gem,
+                gev,
+                gsc,
+                g_out,
+                sv["UU"],
+                steps,
+                mats,
+                self.ms,
+                _native_rates(self.cfg),
+                need_dt,
+                self.mix,
+                fw,
+                self.ltc,
             )
         return [gh, gUU, gem, gev, gsc, *G]
 
-    def backward(
+    def _backward_scripted(
         self,
-        g_out: Tensor | None,
         gh: Tensor,
         gUU: Tensor,
         gem: Tensor,
         gev: Tensor,
         gsc: Tensor,
-        need_x: bool,
+        g_out: Tensor | None,
+        DTs: Tensor,
+        Qs: Tensor,
+        HZs: Tensor,
+        Hs: Tensor,
         need_dt: bool,
-        free: bool = False,
-    ) -> dict[str, Tensor | None]:
-        """Reverse loop from the gradients of the outputs ``(B, T, H)`` and of the final state.
+        free: bool,
+    ) -> list[Tensor]:
+        """The reverse loop through TorchScript (:func:`._euler_kernel.backward_loop`), segment by
+        segment; what depends on forward values only is computed for all steps at once before it.
 
-        ``free``: release the forward's per-step tensors as the loop passes them (the graph is
-        not retained).
-
-        Whatever depends only on forward values (clamp and ReLU masks, sigmoid and square-root
-        derivatives, the statistics' coefficients) is computed for all steps at once before the
-        loop; the loop itself chains whole-batch products.
+        Returns what :meth:`_backward_native` returns.
         """
         cfg, k, sv = self.cfg, self.k, self.saved
-        assert sv is not None
         Bn, I, H, T = self.B, self.I, self.H, self.T
         dtype, device = gh.dtype, gh.device
         Ct, WVt, negV = self.C.t(), self.WV.t(), -self.V
@@ -475,16 +485,13 @@ class _Seq:
         theta = cfg.max_adaptive_tau
         masked = self.ms is not None
         fw = self.fw
-
+        dtS = DTs[..., 1:2]
         # the loop runs in inference mode (cheaper operations); the results are made normal below
         with torch.inference_mode():
             # -- everything that depends on forward values only, for all steps at once --
             dt1 = self.dts.unsqueeze(-1)  # (T, B, 1)
             ones = torch.ones_like(dt1)
             zeros = torch.zeros_like(dt1)
-            DTs = _stk(sv["DT"])  # [Δt/τ raw, Δt·S, kF, kH, csg, 1 + κS]
-            Qs = _stk(sv["Q"])  # [n, Lc, avg_surprise, adaptive_tau]
-            HZs = _stk(sv["HZ"])  # [S, g, homU, homUt]
             n = Qs[..., 0:1]
             # the gradient vector v = [g a, g Δt·S, g kF, g kH, g csg, g (1+κS), g as_n, g at_n]
             # times D1 is the gradient of L's columns (and of the two sc targets)
@@ -521,9 +528,7 @@ class _Seq:
             P1 = DEV2 * self.dtr
             P2 = DEV2 * IEP
             P3 = Z2 * IEP
-            Hs = _stk(sv["h"])  # the state before each step
             HmH = _stk(sv["ht"]) - Hs
-            dtS = DTs[..., 1:2]
             if need_dt:
                 # Δt enters Δt·L (all but 1 + κS, with the clamp of Δt/τ) and the statistics' lerps
                 Lins = _stk(sv["Lin"])
@@ -557,45 +562,78 @@ class _Seq:
                     sv[name] = []
 
             gUU = gUU.contiguous()
-            if self.native:
-                gh, gUU, gem, gev, gsc, *G = self._backward_native(
-                    sv["UU"], gh, gUU, gem, gev, gsc, g_out, per_step, preds, hts, Mixes, EV3, GAIN3, dt_terms, need_dt
-                )
-            else:
-                lists: list[list[Tensor]] = [[] for _ in range(10)]
-                with _serial(self.xs.device, self.work):
-                    for lo, hi, UUs in segments:
-                        gh, gUU, gem, gev, gsc, seg = _script.call(
-                            _euler_kernel.backward_loop,
-                            lo,
-                            hi,
-                            gh,
-                            gUU,
-                            gem,
-                            gev,
-                            gsc,
-                            g_out,
-                            UUs,
-                            Mixes,
-                            preds,
-                            hts,
-                            per_step,
-                            EV3,
-                            GAIN3,
-                            self.ms,
-                            self.OM if masked else None,
-                            dt_terms,
-                            mats,
-                            self.mix,
-                            fw,
-                        )
-                        for acc, part in zip(lists, seg):
-                            acc.extend(part)
+            lists: list[list[Tensor]] = [[] for _ in range(10)]
+            with _serial(self.xs.device, self.work):
+                for lo, hi, UUs in segments:
+                    gh, gUU, gem, gev, gsc, seg = _script.call(
+                        _euler_kernel.backward_loop,
+                        lo,
+                        hi,
+                        gh,
+                        gUU,
+                        gem,
+                        gev,
+                        gsc,
+                        g_out,
+                        UUs,
+                        Mixes,
+                        preds,
+                        hts,
+                        per_step,
+                        EV3,
+                        GAIN3,
+                        self.ms,
+                        self.OM if masked else None,
+                        dt_terms,
+                        mats,
+                        self.mix,
+                        fw,
+                    )
+                    for acc, part in zip(lists, seg):
+                        acc.extend(part)
+        # the loop appended from the last step: stacked in forward order (None: not computed),
+        # outside inference mode, so that what is returned is an ordinary tensor
+        return [gh, gUU, gem, gev, gsc, *(torch.stack(lst[::-1]) if lst else None for lst in lists)]
 
-        if not self.native:
-            # the loop appended from the last step: stacked in forward order (None: not computed),
-            # outside inference mode, so that what is returned is an ordinary tensor
-            G = [torch.stack(lst[::-1]) if lst else None for lst in lists]
+    def backward(
+        self,
+        g_out: Tensor | None,
+        gh: Tensor,
+        gUU: Tensor,
+        gem: Tensor,
+        gev: Tensor,
+        gsc: Tensor,
+        need_x: bool,
+        need_dt: bool,
+        free: bool = False,
+    ) -> dict[str, Tensor | None]:
+        """Reverse loop from the gradients of the outputs ``(B, T, H)`` and of the final state.
+
+        ``free``: release the forward's per-step tensors as the loop passes them (the graph is
+        not retained).
+
+        The reverse loop (TorchScript's or the C++ kernel's) gives the gradients of the state and
+        the per-step factors of the weights' gradients; those are a few ``(·, T·B) × (T·B, ·)``
+        products after it.
+        """
+        sv = self.saved
+        assert sv is not None
+        Bn, I, T = self.B, self.I, self.T
+        masked = self.ms is not None
+        fw = self.fw
+
+        with torch.inference_mode():
+            DTs = _stk(sv["DT"])  # [Δt/τ raw, Δt·S, kF, kH, csg, 1 + κS]
+            Qs = _stk(sv["Q"])  # [n, Lc, avg_surprise, adaptive_tau]
+            HZs = _stk(sv["HZ"])  # [S, g, homU, homUt]
+            Hs = _stk(sv["h"])  # the state before each step
+            dtS = DTs[..., 1:2]
+        if self.native:
+            gh, gUU, gem, gev, gsc, *G = self._backward_native(gh, gUU.contiguous(), gem, gev, gsc, g_out, Hs, need_dt)
+        else:
+            gh, gUU, gem, gev, gsc, *G = self._backward_scripted(
+                gh, gUU, gem, gev, gsc, g_out, DTs, Qs, HZs, Hs, need_dt, free
+            )
         G_Pn, G_u, G_HZf, G_Lin, G_gain, G_E, G_xV, G_eV, G_dt, G_xt = G
 
         def flat(t: Tensor) -> Tensor:

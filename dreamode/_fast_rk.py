@@ -73,8 +73,10 @@ class _Eval:
         # HZ = [S, g, relu(1 − N/‖U‖), min(n, θ)]: the rows of ML that these multiply
         self.ML4 = w.ML[[0, 1, 2, 4]]
         r_err = cfg.error_smoothing / cfg.time_step
-        # the rates of [error_mean, error_var, avg_surprise, adaptive_tau] toward their targets
-        self.rates = torch.cat([torch.full((2 * I,), r_err, **kw), k.rates]).expand(Bn, 2 * I + 2)
+        # the rates of [h, error_mean, error_var, avg_surprise, adaptive_tau] toward their targets,
+        # with 1 for h (whose rate, 1/τ, is per sample)
+        rate1 = torch.cat([torch.ones(H, **kw), torch.full((2 * I,), r_err, **kw), k.rates])
+        self.rate1 = rate1.expand(Bn, H + 2 * I + 2)
         self.N = cfg.target_norm
         self.theta = cfg.max_adaptive_tau
         self.itau_lo, self.itau_hi = 1 / cfg.tau_max, 1 / cfg.tau_min
@@ -99,7 +101,21 @@ class _Eval:
         """What :func:`._rk_kernel.stage_backward` multiplies with (``ws`` as from :meth:`weights`)."""
         C, WV, BV, eta, MY, _, ML4, _ = ws
         k = self.k
-        return [C, WV, BV, eta, self.w.V, ML4.t(), MY.t(), k.basis_t, k.row_I, self.one, self.hom0, self.zero3]
+        return [
+            C,
+            WV,
+            BV,
+            eta,
+            self.w.V,
+            ML4.t(),
+            MY.t(),
+            k.basis_t,
+            k.row_I,
+            self.one,
+            self.hom0,
+            self.zero3,
+            self.rate1,
+        ]
 
     def backward_values(self, saved: list[Tensor]) -> list[Tensor]:
         """The stages' saved values as the reverse loop reads them, for a chunk of stages at once.
@@ -135,6 +151,7 @@ class _Eval:
             "FU": FU,
         }
         sv.update(F)
+        sv["HmH"] = sv["ht"] - sv["h"]  # the h part of target − value
         return saved[:4] + [sv[name] for name in _rk_kernel.STAGE_BACKWARD]
 
 
@@ -204,7 +221,7 @@ class _Runner:
             xins = [[xc, xall[..., :H], xall[..., H:], xall[..., 2 * H :]] for xc, xall in zip(diff[0::2], diff[1::2])]
         C, WV, BV, eta, MY, bY, ML4, bL = ws
         w = [C, ev.w.Vt, WV, BV, eta, MY, bY, ML4, bL]
-        consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.basis, ev.rates, ev.hom0]
+        consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.basis, ev.rate1, ev.hom0]
         out, y, UU, steps, stages = _script.call(
             _rk_kernel.forward_loop,
             y,

@@ -15,12 +15,12 @@ from torch import Tensor
 # what the forward keeps per stage (in this order), after the stage's coefficients [Ci, Mix, gain, eV]
 STAGE_SAVED = (
     "h", "ev", "pred", "e", "dev", "vpe", "z2", "q", "n", "A", "Lr", "Q", "Z", "HZ", "Lin", "XB", "xV", "ht",
-    "rate", "gap", "S", "nU", "xt",
+    "itau", "S", "nU", "xt",
 )  # fmt: skip
 # what the reverse loop reads per stage (in this order), after [Ci, Mix, gain, eV]; F* are the
 # local derivatives that _fast_rk computes for many stages at once
 STAGE_BACKWARD = (
-    "h", "Lin", "rate", "gap", "S", "ht", "XB", "xV", "HZ", "Q", "pred", "e", "xt",
+    "h", "Lin", "itau", "HmH", "S", "ht", "XB", "xV", "HZ", "Q", "pred", "e", "xt",
     "Fn", "Fq", "FZ", "FA", "Fev", "Fv1", "Fv2", "F2dev", "Fit", "FU",
 )  # fmt: skip
 # the weights' gradient factors the reverse loop collects, in pairs multiplied after the loop
@@ -49,13 +49,14 @@ def stage(
     ``(B, R, H)`` the stage's fast weights; ``xa..xd`` the stage input, ``(x, x B, x [W | V], x V)``
     without a mask, ``(m ⊙ x, m, 1 − m, m / max(1, Σm))`` with one. ``w`` = ``[C, Vᵀ, [W | V],
     [B | V], η, MY, bY, ML4, bL]``; ``consts`` = ``[eps_var, 1/I column, eps_log, 2πe/I column, 1,
-    −N, basis, rates, zeros (B, 1)]``; ``dims`` = ``[H, I, R]``; ``scalars`` = ``[N, θ_max, 1/tau_max,
-    1/tau_min]``. ``dy = rate · (target − value)`` for ``y``; ``Mix`` ``(B, 2, 2)`` the linear map of
+    −N, basis, the rates of y's parts toward their targets (1 for h: its rate is 1/τ), zeros (B,
+    1)]``; ``dims`` = ``[H, I, R]``; ``scalars`` = ``[N, θ_max, 1/tau_max, 1/tau_min]``. ``dy = rate ·
+    (target − value)`` for ``y``; ``Mix`` ``(B, 2, 2)`` the linear map of
     ``[U; U_target]``, ``eV ⊗ gain`` the Hebbian term. ``saved``: the values of
     :data:`STAGE_SAVED` if ``save``, else empty.
     """
     C, Vt, WV, BV, eta, MY, bY, ML4, bL = w
-    eps_var, inv_I, eps_log, col_I, one, negN, basis, rates, hom0 = consts
+    eps_var, inv_I, eps_log, col_I, one, negN, basis, rate1, hom0 = consts
     H, I, R = dims[0], dims[1], dims[2]
     N, theta, itau_lo, itau_hi = scalars[0], scalars[1], scalars[2], scalars[3]
     Bn = y.shape[0]
@@ -95,15 +96,14 @@ def stage(
     itau = L0.clamp(itau_lo, itau_hi) if ltc else L0
     u = torch.addcmul(eW, L5, XB).unsqueeze(1).baddbmm_(xV.unsqueeze(1), U)
     ht = u.view(Bn, H).tanh_()
-    # [dh, d error_mean, d error_var, d sc] = rate · (target − value)
-    rate = torch.cat([itau.expand(Bn, H), rates], 1)
-    gap = torch.cat([ht, e, dev2, L67], 1) - y
-    dy = gap * rate
+    # [dh, d error_mean, d error_var, d sc] = rate · (target − value), the rate of h being 1/τ
+    dy = (torch.cat([ht, e, dev2, L67], 1) - y).mul_(rate1)
+    dy.narrow(1, 0, H).mul_(itau)
     Mix = torch.mm(LM, basis).view(Bn, 2, 2)  # [[−forget − homeo, forget], [ζg, −ζg]]
     gain = S * h * eta
     saved: list[Tensor] = []
     if save:
-        saved = [h, ev, pred, e, dev, vpe, z2, q, n, A, Lr, Q, Z, HZ, Lin, XB, xV, ht, rate, gap, S, nU, xt]
+        saved = [h, ev, pred, e, dev, vpe, z2, q, n, A, Lr, Q, Z, HZ, Lin, XB, xV, ht, itau, S, nU, xt]
     return dy, Mix, gain, eV, saved
 
 
@@ -165,7 +165,7 @@ def forward_loop(
     steps: list[list[Tensor]] = []
     stages: list[list[Tensor]] = []
     step_vals: list[list[Tensor]] = [[] for _ in range(4)]
-    stage_vals: list[list[Tensor]] = [[] for _ in range(27)]
+    stage_vals: list[list[Tensor]] = []  # one list per saved kind, made at the first stage
     for i in range(T):
         d = dts[i]
         d3 = d.unsqueeze(-1)
@@ -195,7 +195,10 @@ def forward_loop(
             Gs.append(gain)
             Es.append(eV)
             if save:
-                for j, v in enumerate([Ci, Mix, gain, eV] + sv):
+                vals = [Ci, Mix, gain, eV] + sv
+                if len(stage_vals) == 0:
+                    stage_vals = [[] for _ in vals]
+                for j, v in enumerate(vals):
                     stage_vals[j].append(v)
         yn = y
         for j, b in b_row:
@@ -218,7 +221,7 @@ def forward_loop(
                 steps.append([torch.stack(v) for v in step_vals])
                 stages.append([torch.stack(v) for v in stage_vals])
                 step_vals = [[] for _ in range(4)]
-                stage_vals = [[] for _ in range(27)]
+                stage_vals = []
         if frozen[i]:
             keep = keeps[i]
             yn = torch.where(keep, y, yn)
@@ -249,19 +252,20 @@ def stage_backward(
     ``sv`` = ``[C_i, Mix, gain, eV, *STAGE_BACKWARD]``; ``gdy``, ``gMix`` (``None``: no fast weights
     nor sleep), ``ggain`` and ``geV`` the gradients of the stage's results; ``fixed`` = ``[m, 1 − m,
     m / max(1, Σm)]`` of the step with a mask; ``mats`` = ``[C, [W | V], [B | V], η, V, ML4ᵀ, MYᵀ,
-    basisᵀ, 2πe/I row, 1, zeros (B, 1), zeros (B, 3)]``. The weights' gradients are products over
+    basisᵀ, 2πe/I row, 1, zeros (B, 1), zeros (B, 3), the rates of :func:`stage`]``. The weights' gradients are products over
     the batch: their factors are appended to ``wg`` (one list per name of :data:`WEIGHT_FACTORS`)
     and multiplied for all stages and steps at once after the loop. The input gradients are ``(g x,
     g (x B), g (x [W | V]), g (x V))`` without a mask, ``(g (m ⊙ x), -, -, -)`` with one.
     """
-    h, Lin, rate, gap, S, ht, XB, xV, HZ, Q, pred, e, xt = sv[4:17]
+    h, Lin, itau, HmH, S, ht, XB, xV, HZ, Q, pred, e, xt = sv[4:17]
     Fn, Fq, FZ, FA, Fev, Fv1, Fv2, F2dev, Fit, FU = sv[17:]
-    C, WV, BV, eta, V, ML4t, MYt, basis_t, row_I, one, hom0, zero3 = mats
+    C, WV, BV, eta, V, ML4t, MYt, basis_t, row_I, one, hom0, zero3, rate1 = mats
     H, I, R = dims[0], dims[1], dims[2]
     Bn = h.shape[0]
-    gt = gdy * rate  # the gradient of the targets; minus that of the values
+    gt = gdy * rate1  # the gradient of the targets; minus that of the values
+    gt.narrow(1, 0, H).mul_(itau)
     g_ht, g_e0, g_dev20, g67 = gt.split([H, I, I, 2], 1)
-    git = (gdy.narrow(1, 0, H) * gap.narrow(1, 0, H)).sum(-1, keepdim=True)  # ∂/∂(1/τ)
+    git = (gdy.narrow(1, 0, H) * HmH).sum(-1, keepdim=True)  # ∂/∂(1/τ)
     if ltc:
         git = git * Fit
     gS = hom0

@@ -144,19 +144,18 @@ def test_user_error_is_one_line_and_exit_2(user_files, args, fragment):
     assert fragment in lines[0] and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-    reason="torchrun not installed",
-)
-def test_two_processes_match_one_process(tmp_path):
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+
+
+def _assert_two_processes_match_one(tmp_path, *extra: str, env: dict | None = None) -> dict:
     """`torchrun --nproc_per_node 2 -m dreamode fit` on this machine: the ranks end with identical
     parameters, and the result equals one process with the same global batch to float32 rounding
-    (the two gradients are summed in another order: measured 3e-8)."""
-    args = ["fit", *CLI_TINY, "--max-series", "64", "--epochs", "3", "--patience", "0"]
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    (the two gradients are summed in another order: measured 3e-8). Returns the ranks' output."""
+    args = ["fit", *CLI_TINY, "--max-series", "64", "--epochs", "3", "--patience", "0", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     two = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dreamode", *args, "--out", str(tmp_path / "two")],
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "dreamode", *args, "--out", str(tmp_path / "two")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -174,3 +173,21 @@ def test_two_processes_match_one_process(tmp_path):
     assert [h["epoch"] for h in rep["history"]] == [1, 2, 3]
     for h2, h1 in zip(rep["history"], single["history"]):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)
+    return two.stdout
+
+
+@needs_torchrun
+def test_two_processes_match_one_process(tmp_path):
+    _assert_two_processes_match_one(tmp_path)
+
+
+@pytest.mark.slow
+@needs_torchrun
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler for dreamode.native")
+def test_two_processes_build_and_use_the_native_kernels(tmp_path):
+    """Both ranks of a torchrun launch enable `dreamode.native` on an empty build cache at once:
+    torch's build lock lets one compile while the other waits, and both train with the kernels."""
+    cache = tmp_path / "torch_extensions"
+    out = _assert_two_processes_match_one(tmp_path, "--native", env={"TORCH_EXTENSIONS_DIR": str(cache)})
+    assert out.count("dreamode.native: C++ kernels ready") == 2, out
+    assert [p.name for p in cache.iterdir()] in (["dreamode_native_avx2"], ["dreamode_native_sse"])  # one build

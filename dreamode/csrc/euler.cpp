@@ -401,17 +401,20 @@ State euler_cell(const at::Tensor& h, const at::Tensor& U, const at::Tensor& Ut,
 
 // -- the reverse loop ------------------------------------------------------------------------------
 
-// per-step inputs of the reverse loop, each (T, B, ·) and contiguous, in the order of `steps`
-enum Step { D1, D2, D3, P1, P2, P3, HMH, DTS, HS, AS, C1, DTR, OMDTR, OMDTR2, XV, XB, MIX, PRED, HT, EV, GAIN,
-            LFAC, EVD, DEVR, DT0, NSTEPS };
+// per-step inputs of the reverse loop, each (T, B, ·), in the order of `steps`: what the forward
+// saved (DT = [Δt/τ before the clamp, Δt·S, kF, kH, csg, 1 + κS, S, min(n, θ)], Q = [n, clamped
+// log, avg_surprise, adaptive_tau], HZ = [S, g, homU, homUt, min(n, θ)], A, dev, ep, h before the
+// step, h̃, Lin (only to differentiate Δt), 1/‖U‖ (fast weights), x V, x B, Mix, pred, eV, gain),
+// m / max(1, Σm) (mask) and Δt
+enum Step { DT, Q, HZ, A, DEV, EP, HS, HT, LIN, RN, XV, XB, MIX, PRED, EV, GAIN, MC, DT0, NSTEPS };
 
 template <typename T>
 void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tensor& gem_t, at::Tensor& gev_t,
                     at::Tensor& gsc_t, const at::Tensor& g_out, const at::Tensor& kept,
                     const std::vector<at::Tensor>& st, const at::Tensor& eta_t, const at::Tensor& Ct,
                     const at::Tensor& WVt, const at::Tensor& V_t, const at::Tensor& ML_t, const at::Tensor& MY_t,
-                    const at::Tensor& BVt, const at::Tensor& ms, bool need_dt, bool mix, bool fw,
-                    std::vector<at::Tensor>& g) {
+                    const at::Tensor& BVt, const at::Tensor& ms, const Rates& k, bool need_dt, bool mix, bool fw,
+                    bool ltc, std::vector<at::Tensor>& g) {
   const int64_t B = gh_t.size(0), H = gh_t.size(1), I = gem_t.size(1);
   const int64_t R = gUU_t.size(2), RH = R * H;
   const bool masked = ms.defined();
@@ -426,6 +429,11 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
   at::Tensor GXBV = at::empty({B, H + R}, o);   // [g u (1 + κS) | g xV]: of [x̃ B | x̃ V] (masked)
   at::Tensor T1 = at::empty({B, I}, o), T2 = at::empty({B, I}, o), G2 = at::empty({B, H}, o);
   std::vector<T> tg(static_cast<size_t>(H)), ghU(static_cast<size_t>(R));
+  std::vector<T> evd(static_cast<size_t>(I)), devr(static_cast<size_t>(I));
+  const T eps = static_cast<T>(1e-6), theta = static_cast<T>(k.theta), N = static_cast<T>(k.target_norm);
+  const T r_err = static_cast<T>(k.error), r_s = static_cast<T>(k.surprise), r_h = static_cast<T>(k.habituation);
+  const T itau_lo = static_cast<T>(k.inv_tau_max), itau_hi = static_cast<T>(k.inv_tau_min);
+  const T inv_I = static_cast<T>(1.0 / static_cast<double>(I));
   std::vector<T> gq(static_cast<size_t>(B)), gA(static_cast<size_t>(B));
   T* gh = gh_t.data_ptr<T>();
   T* gUU = gUU_t.data_ptr<T>();
@@ -433,7 +441,7 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
   T* gev = gev_t.data_ptr<T>();
   T* gsc = gsc_t.data_ptr<T>();
   auto at_ = [&](int s, int64_t i) { return row<T>(st[s], i); };
-  const int64_t T_ = st[D1].size(0), BUU = B * 2 * RH;
+  const int64_t T_ = st[DT0].size(0), BUU = B * 2 * RH;
   // U and U_target before each step of a segment, recomputed from the kept ones
   at::Tensor scratch = at::empty({std::min(every, T_), B, 2, R, H}, o);
   T* sp = scratch.data_ptr<T>();
@@ -457,18 +465,38 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
     T* geV = row<T>(g[7], n);
     T* gdt = row<T>(g[8], n);
     T* gxt = row<T>(g[9], n);
-    const T *d1 = at_(D1, i), *d2 = at_(D2, i), *d3 = at_(D3, i), *p1 = at_(P1, i), *p2 = at_(P2, i),
-            *p3 = at_(P3, i), *hmh = at_(HMH, i), *dts = at_(DTS, i), *hs = at_(HS, i), *as = at_(AS, i),
-            *c1 = at_(C1, i), *dtr = at_(DTR, i), *omdtr = at_(OMDTR, i), *omdtR = at_(OMDTR2, i),
-            *xvs = at_(XV, i), *xbs = at_(XB, i), *hts = at_(HT, i);
+    const T *DTs = at_(DT, i), *Qs = at_(Q, i), *HZs = at_(HZ, i), *As = at_(A, i), *devs = at_(DEV, i),
+            *ept = at_(EP, i), *hs = at_(HS, i), *hts = at_(HT, i), *xvs = at_(XV, i), *xbs = at_(XB, i),
+            *dt0 = at_(DT0, i);
     const T* mixs = mix ? at_(MIX, i) : nullptr;
     const T* eVs = fw ? at_(EV, i) : nullptr;
     const T* gains = fw ? at_(GAIN, i) : nullptr;
-    const T *lfac = need_dt ? at_(LFAC, i) : nullptr, *evd = need_dt ? at_(EVD, i) : nullptr,
-            *devr = need_dt ? at_(DEVR, i) : nullptr;
+    const T* rns = fw ? at_(RN, i) : nullptr;
+    const T* Lins = need_dt ? at_(LIN, i) : nullptr;
+    const T* mcs = masked ? at_(MC, i) : nullptr;
     T* gewv = GEWV.data_ptr<T>();
     T* gxbv = GXBV.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
+      // the local derivatives of this step and sample, from what the forward saved
+      const T dt = dt0[b];
+      const T* DTb = DTs + b * 8;
+      const T* Qb = Qs + b * 4;
+      const T* HZb = HZs + b * 5;
+      const T n_ = Qb[0];
+      const T dtlo = dt * itau_lo, dthi = dt * itau_hi;
+      const T a_raw = DTb[0];
+      const T ga_f = ltc ? ((a_raw >= dtlo && a_raw <= dthi) ? dt : T(0)) : dt;
+      const T dtR0 = dt * r_s, dtR1 = dt * r_h;
+      // D1: ∂(Δt·L, the sc targets' weights) per column; D2: σ', the homeostasis factor, ∂min(n, θ);
+      // D3: ∂sqrt, ∂clamp(log A)
+      const T d1[8] = {ga_f, dt, dt, dt, dt, T(1), dtR0, dtR1};
+      const T hf = fw && HZb[2] > 0 ? N * rns[b * 2] * rns[b * 2] * rns[b * 2] : T(0);
+      const T d2[5] = {HZb[0] - HZb[0] * HZb[0], HZb[1] - HZb[1] * HZb[1], hf, T(0), n_ <= theta ? T(1) : T(0)};
+      const T Lr = std::log(As[b]);
+      const T d3[4] = {n_ > 0 ? T(0.5) / n_ : T(0), (Lr >= 0 && Lr <= 4) ? T(1) / As[b] : T(0), T(1), T(1)};
+      const T dtr = dt * r_err;
+      const T omdtr = T(1) - dtr;
+      const T omdtR[2] = {T(1) - dtR0, T(1) - dtR1};
       T* ghb = gh + b * H;
       if (g_out.defined()) axpy(ghb, T(1), g_out.data_ptr<T>() + (b * Tg + i) * H, H);
       const T* U = UUi + b * 2 * RH;
@@ -514,15 +542,14 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
         g_dtS = dot(tg.data(), hb, H);
       }
       // h_n = lerp(h, h̃, a)
-      const T a = as[b], dtS = dts[b];
+      const T a = ltc ? std::min(std::max(a_raw, dtlo), dthi) : a_raw, dtS = DTb[1];
       const T* htb = hts + b * H;
-      const T* hmhb = hmh + b * H;
       T* gub = gu + b * H;
       T ga = 0;
       for (int64_t c = 0; c < H; ++c) {
         const T g = ghb[c];
         const T g_ht = g * a;
-        ga += g * hmhb[c];
+        ga += g * (htb[c] - hb[c]);
         ghb[c] = fw ? (g - g_ht) + tg[c] * dtS : g - g_ht;
         gub[c] = g_ht * (T(1) - htb[c] * htb[c]);
       }
@@ -538,18 +565,29 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
       const T v[8] = {ga, g_dtS, -gm[0] + gm[1], -gm[0], gm[2] - gm[3], gc1, gs[0], gs[1]};
       T* gemb = gem + b * I;
       T* gevb = gev + b * I;
+      const T* devb = devs + b * I;
+      const T* epb = ept + b * I;
       if (need_dt) {
+        // Δt enters Δt·L (all but 1 + κS) and the statistics' lerps
+        const T* Lb = Lins + b * 8;
+        const T itau = ltc ? std::min(std::max(Lb[0], itau_lo), itau_hi) : Lb[0];
+        const T lfac[8] = {itau, Lb[1], Lb[2], Lb[3], Lb[4], T(0), r_s * (HZb[0] - Qb[2]),
+                           r_h * (std::min(n_, theta) - Qb[3])};
         T s = 0;
-        for (int c = 0; c < 8; ++c) s += v[c] * lfac[b * 8 + c];
-        gdt[b] = s + dot(gemb, devr + b * I, I) + dot(gevb, evd + b * I, I);
+        for (int c = 0; c < 8; ++c) s += v[c] * lfac[c];
+        for (int64_t j = 0; j < I; ++j) {
+          evd[j] = (devb[j] * devb[j] - (epb[j] - eps)) * r_err;
+          devr[j] = devb[j] * r_err;
+        }
+        gdt[b] = s + dot(gemb, devr.data(), I) + dot(gevb, evd.data(), I);
       }
       T* gl = gLin + b * 8;
-      for (int c = 0; c < 8; ++c) gl[c] = v[c] * d1[b * 8 + c];
+      for (int c = 0; c < 8; ++c) gl[c] = v[c] * d1[c];
       T* gz = gHZf + b * 5;
       for (int j = 0; j < 5; ++j) {
         T s = 0;
         for (int c = 0; c < 8; ++c) s += gl[c] * ML[j * 8 + c];
-        gz[j] = s * d2[b * 5 + j];
+        gz[j] = s * d2[j];
       }
       if (fw) {
         for (int64_t r = 0; r < R; ++r) axpy(gU + r * H, gz[2], U + r * H, H);
@@ -558,27 +596,28 @@ void backward_steps(int64_t every, at::Tensor& gh_t, at::Tensor& gUU_t, at::Tens
       for (int j = 0; j < 4; ++j) {
         T s = gz[0] * MY[j * 2] + gz[1] * MY[j * 2 + 1];
         if (j == 0) s += gz[4];
-        gQ[j] = s * d3[b * 4 + j];
+        gQ[j] = s * d3[j];
       }
-      gs[0] = gQ[2] + gs[0] * omdtR[b * 2];
-      gs[1] = gQ[3] + gs[1] * omdtR[b * 2 + 1];
-      // running statistics
-      const T w = dtr[b], om = omdtr[b];
-      const T* p1b = p1 + b * I;
-      const T* p2b = p2 + b * I;
-      const T* p3b = p3 + b * I;
+      gs[0] = gQ[2] + gs[0] * omdtR[0];
+      gs[1] = gQ[3] + gs[1] * omdtR[1];
+      // running statistics: g dev = P1·g ev_n + gq·P2, g ev += −gq·P3 with P1 = 2 dev·Δt·β/Δt_ref,
+      // P2 = 2 dev·w, P3 = dev²/ep·w and w the z-score's weight over ep (1/I, or m / max(1, Σm))
+      const T w = dtr, om = omdtr;
       T* geb = gE + b * I;
       for (int64_t j = 0; j < I; ++j) {
+        const T dev = devb[j], ep = epb[j];
+        const T dev2 = dev + dev;
+        const T iep = masked ? mcs[b * I + j] / ep : (T(1) / ep) * inv_I;
         const T ge0 = gemb[j] * w;
-        const T gdev = p1b[j] * gevb[j] + gQ[0] * p2b[j];
+        const T gdev = (dev2 * dtr) * gevb[j] + gQ[0] * (dev2 * iep);
         gemb[j] = gemb[j] * om - gdev;
-        gevb[j] = (gevb[j] * om - gQ[0] * p3b[j]) + gQ[1] * two_pi_e_over_I;
+        gevb[j] = (gevb[j] * om - gQ[0] * ((dev * dev / ep) * iep)) + gQ[1] * two_pi_e_over_I;
         geb[j] = ge0 + gdev;
       }
       std::copy(gub, gub + H, gewv + b * (H + R));
       for (int64_t r = 0; r < R; ++r) gewv[b * (H + R) + H + r] = fw ? geV[b * R + r] : T(0);
       if (masked) {
-        for (int64_t c = 0; c < H; ++c) gxbv[b * (H + R) + c] = gub[c] * c1[b];
+        for (int64_t c = 0; c < H; ++c) gxbv[b * (H + R) + c] = gub[c] * DTb[5];  // (1 + κS)
         std::copy(gxV + b * R, gxV + b * R + R, gxbv + b * (H + R) + H);
       }
     }
@@ -631,9 +670,12 @@ using BackResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 BackResult euler_backward(int64_t every, const at::Tensor& gh, const at::Tensor& gUU, const at::Tensor& gem,
                           const at::Tensor& gev, const at::Tensor& gsc, const c10::optional<at::Tensor>& g_out,
                           const at::Tensor& kept, at::TensorList steps, at::TensorList mats,
-                          const c10::optional<at::Tensor>& ms, bool need_dt, bool mix, bool fw) {
+                          const c10::optional<at::Tensor>& ms, at::ArrayRef<double> rates, bool need_dt, bool mix,
+                          bool fw, bool ltc) {
   TORCH_CHECK(steps.size() == NSTEPS, "euler_backward: expected ", static_cast<int>(NSTEPS), " per-step tensors");
   TORCH_CHECK(mats.size() == 7, "euler_backward: expected 7 matrices");
+  TORCH_CHECK(rates.size() == 7, "euler_backward: expected 7 rates, got ", rates.size());
+  const Rates k{rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], rates[6]};
   const int64_t B = gh.size(0), H = gh.size(1), I = gem.size(1), R = gUU.size(2), n = steps[0].size(0);
   TORCH_CHECK(every >= 1 && kept.size(0) == (n + every - 1) / every, "euler_backward: expected the UU of every ",
               every, "-th step, got ", kept.size(0), " for ", n, " steps");
@@ -657,7 +699,7 @@ BackResult euler_backward(int64_t every, const at::Tensor& gh, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(gh.scalar_type(), "euler_backward", [&] {
     backward_steps<scalar_t>(every, ghw, gUUw, gemw, gevw, gscw, go, kc, st, mats[0].contiguous(), mats[1],
                              mats[2], mats[3].contiguous(), mats[4].contiguous(), mats[5].contiguous(), mats[6], msc,
-                             need_dt, mix, fw, g);
+                             k, need_dt, mix, fw, ltc, g);
   });
   return {ghw, gUUw, gemw, gevw, gscw, g};
 }
@@ -677,7 +719,8 @@ TORCH_LIBRARY(dreamode_native, m) {
       &euler_cell);
   m.def(
       "euler_backward(int every, Tensor gh, Tensor gUU, Tensor gem, Tensor gev, Tensor gsc, Tensor? g_out, "
-      "Tensor kept, Tensor[] steps, Tensor[] mats, Tensor? ms, bool need_dt, bool mix, bool fw) "
+      "Tensor kept, Tensor[] steps, Tensor[] mats, Tensor? ms, float[] rates, bool need_dt, bool mix, bool fw, "
+      "bool ltc) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])",
       &euler_backward);
 }
