@@ -62,7 +62,6 @@ class _Eval:
         cfg = f.config
         H, R = w.C.shape[0], w.V.shape[1]
         self.cfg, self.B, self.I, self.H, self.R, self.S = cfg, Bn, I, H, R, S
-        self.sizes = [H, I, I, 2]
         self.w = w
         self.masked = masked
         self.fw = cfg.fast_weights

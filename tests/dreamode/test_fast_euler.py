@@ -390,6 +390,18 @@ def test_thread_count_is_restored():
     assert torch.get_num_threads() == n
 
 
+def _assert_identical(run: tuple, ref: tuple) -> None:
+    """Two results of :func:`_run`: outputs, final state and every gradient, bit for bit."""
+    (o1, s1, g1), (o2, s2, g2) = run, ref
+    assert torch.equal(o1, o2)
+    for k in STATE_FIELDS:
+        assert torch.equal(getattr(s1, k), getattr(s2, k)), k
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
 @pytest.mark.parametrize("name", ["default", "ltc_off", "both_off"])
 def test_scripted_loops_equal_the_python_loops(name, masked):
@@ -401,19 +413,12 @@ def test_scripted_loops_equal_the_python_loops(name, masked):
     lengths = torch.tensor([24, 11, 1, 17])
     state0 = _state0(model, 4)
     m = mask if masked else None
-    o1, s1, g1 = _run(model, x, dt, m, lengths, state0, fast=True)
+    scripted = _run(model, x, dt, m, lengths, state0, fast=True)
     from dreamode import _euler_kernel as ek
 
     assert _script.is_scripted(ek.forward_loop) and _script.is_scripted(ek.backward_loop)
     with _script.interpreted():
-        o2, s2, g2 = _run(model, x, dt, m, lengths, state0, fast=True)
-    assert torch.equal(o1, o2)
-    for k in STATE_FIELDS:
-        assert torch.equal(getattr(s1, k), getattr(s2, k)), k
-    for a, b in zip(g1, g2):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b)
+        _assert_identical(scripted, _run(model, x, dt, m, lengths, state0, fast=True))
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
@@ -438,17 +443,10 @@ def test_scripted_runge_kutta_loops_equal_the_python_loops(name, method, masked)
     for a, b in zip(s1, s2):
         assert torch.equal(a, b)
 
-    o1, s1, g1 = _run(model, x, dt, m, lengths, state0, fast=True)
+    scripted = _run(model, x, dt, m, lengths, state0, fast=True)
     assert _script.is_scripted(_rk_kernel.backward_loop)
     with _script.interpreted():
-        o2, s2, g2 = _run(model, x, dt, m, lengths, state0, fast=True)
-    assert torch.equal(o1, o2)
-    for k in STATE_FIELDS:
-        assert torch.equal(getattr(s1, k), getattr(s2, k)), k
-    for a, b in zip(g1, g2):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b)
+        _assert_identical(scripted, _run(model, x, dt, m, lengths, state0, fast=True))
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask"])
