@@ -426,7 +426,7 @@ class _Seq:
         empty = gh.new_empty(0)
         fw, masked = self.fw, self.ms is not None
         if masked:
-            XV, XB, MC = sv["xV"], sv["XB"], self.ms / self.ms.sum(-1, keepdim=True).clamp_min(1.0)
+            XV, XB, MC = sv["xV"], sv["XB"], self.MC
         else:
             XV, XB, MC = self.xall[..., 2 * H :], self.xall[..., :H], empty
         steps = [sv["DT"], sv["Q"], sv["HZ"], sv["A"], sv["dev"], sv["ep"], Hs, sv["ht"]]
@@ -523,7 +523,7 @@ class _Seq:
             # statistics: g dev = P1·g ev_n + gq·P2, g ev += −gq·P3 (P2, P3 carry the z-score's 1/ep)
             DEV, EP = _stk(sv["dev"]), _stk(sv["ep"])
             Z2 = DEV * DEV / EP
-            IEP = (self.ms / self.ms.sum(-1, keepdim=True).clamp_min(1.0) if masked else 1.0 / I) / EP
+            IEP = (self.MC if masked else 1.0 / I) / EP
             DEV2 = DEV + DEV
             P1 = DEV2 * self.dtr
             P2 = DEV2 * IEP

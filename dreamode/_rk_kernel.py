@@ -375,6 +375,7 @@ def backward_loop(
     gds: list[Tensor] = []
     gxs: list[list[Tensor]] = [[] for _ in range(nc)]
     gxalls: list[list[Tensor]] = [[] for _ in range(nc)]
+    zeros_R = gy.new_zeros(Bn, R)  # read only
     step_vals = [v.unbind(0) for v in steps]
     stage_vals = [v.unbind(0) for v in stages]
     for i in range(hi - 1, lo - 1, -1):
@@ -454,7 +455,7 @@ def backward_loop(
             else:
                 Ui = UU.select(1, 0).view(Bn, R, H)
             ggain = empty
-            geV = gy.new_zeros(Bn, R)
+            geV = zeros_R  # no fast weights: eV has no gradient
             if fw:
                 ggain = gGst.select(1, s)
                 geV = gEst.select(2, s)
