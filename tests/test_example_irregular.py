@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "irregular_classification.py"
 
@@ -21,10 +21,7 @@ def restore_threads():
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("irregular_classification", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 def test_quick_run_writes_table_and_json(tmp_path):

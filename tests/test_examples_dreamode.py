@@ -1,18 +1,15 @@
 """The DREAM examples run end to end at a small size (examples are tests)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 def test_quickstart_runs_the_seed_example():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -22,10 +22,7 @@ def restore_threads():
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 def test_pharmacokinetics_quick(tmp_path):

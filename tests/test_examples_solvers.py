@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 import solvers
 
@@ -16,11 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "solver_study.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("solver_study", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE)
 
 
 def test_exact_solution_matches_the_matrix_exponential():
