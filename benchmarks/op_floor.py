@@ -1,9 +1,9 @@
 """The floor of DREAM's fast paths: the sum of their ATen operations, each timed alone.
 
 Records every operation one call of ``DREAM(64, 128, rank=8)`` on ``(32, T, 64)`` runs (inference,
-a training step with ``--train``, or ``T`` steps of ``DREAMCell`` with ``--cell``) through a ``TorchDispatchMode``, with the loops run as Python
-(the same operations in the same order as the scripted loops: ``test_fast_euler.py`` checks they
-give the same bits). Then it calls each recorded operation again, alone, on copies of its recorded
+a training step with ``--train``, or ``T`` steps of ``DREAMCell`` with ``--cell``) through a
+``TorchDispatchMode``, with the loops run as Python (the functions that otherwise run scripted:
+``test_fast_euler.py`` checks both give the same bits). Then it calls each recorded operation again, alone, on copies of its recorded
 inputs (warm caches, no interpreter between operations) and sums the medians. Views (``view``,
 ``select``, ``narrow``, ...) are left out: they compute nothing. The per-call cost of reaching an
 ATen kernel from Python is measured on a one-number ``add`` and subtracted as well, for a lower
@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from dreamode import DREAM, DREAMCell, _euler_kernel, _fast_euler, _script
+from dreamode import DREAM, DREAMCell, _fast_euler, _script
 
 VIEWS = {
     "alias",
@@ -48,6 +48,11 @@ VIEWS = {
 }
 
 
+def _copies(tree: Any) -> Any:
+    """``tree`` with every tensor in it cloned."""
+    return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, tree)
+
+
 class Recorder(TorchDispatchMode):
     """Keeps ``(op, inputs before the call)`` for every operation that computes."""
 
@@ -61,8 +66,7 @@ class Recorder(TorchDispatchMode):
         if func.overloadpacket.__name__ in VIEWS:
             self.views += 1
         else:
-            copy = tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, (args, kwargs))
-            self.calls.append((func, *copy))
+            self.calls.append((func, *_copies((args, kwargs))))
         return func(*args, **kwargs)
 
 
@@ -72,7 +76,7 @@ def replay(calls: list[tuple[Any, tuple, dict]], repeats: int) -> tuple[float, C
     by_op: Counter = Counter()
     for func, args, kwargs in calls:
         mutable = func._schema.is_mutable
-        fresh = tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, (args, kwargs))
+        fresh = _copies((args, kwargs))
         ts = []
         for _ in range(repeats):
             if mutable:  # in-place and out= operations: start from the recorded inputs each time
@@ -90,12 +94,7 @@ def call_overhead(repeats: int = 2000) -> float:
     """Seconds to reach a kernel from Python: ``aten.add`` of two one-number tensors."""
     a, b = torch.ones(1), torch.ones(1)
     add = torch.ops.aten.add.Tensor
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        add(a, b)
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
+    return timed(lambda: add(a, b), repeats)
 
 
 def _tiny_ops(a: torch.Tensor, n: int, view: bool) -> torch.Tensor:
@@ -116,21 +115,13 @@ def scripted_overhead(view: bool, n: int = 20000) -> float:
 def bare_cell_steps(cell: DREAMCell, x: torch.Tensor) -> None:
     """``DREAMCell``'s scripted step over ``x`` ``(B, T, I)`` with nothing around it: no argument
     checks, no state packing, outputs left as inference tensors (what the cell copies out)."""
-    f, (B, T, I) = cell.field, x.shape
-    cfg, w = f.config, _fast_euler._weights_cached(f)
-    k = _fast_euler._consts(cfg, I, x.dtype, x.device)
+    f, (B, T, _) = cell.field, x.shape
     z = f.initial_state(B)
-    state = (z.h, _fast_euler._pack_U(z.U, z.U_target), z.error_mean, z.error_var)
-    state += (_fast_euler._pack(z.avg_surprise, z.adaptive_tau, 1),)
-    dt = torch.full((B,), cfg.time_step)
-    consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis]
-    rates = [cfg.error_smoothing / cfg.time_step, 1 / cfg.tau_max, 1 / cfg.tau_min]
-    step = _script._scripted(_euler_kernel.single_step)
-    with torch.inference_mode(), torch.jit.optimized_execution(False):
-        for t in range(T):
-            state = step(*state, x[:, t], dt, w.BWV, w.kernel, consts, [k.rates, k.dt8_one, k.dt8_mask], rates,
-                         float(cfg.max_adaptive_tau), cfg.fast_weights, cfg.fast_weights or cfg.sleep_enabled,
-                         cfg.ltc_enabled)  # fmt: skip
+    UU, sc = _fast_euler._pack_U(z.U, z.U_target), _fast_euler._pack(z.avg_surprise, z.adaptive_tau, 1)
+    state = (z.h, UU, z.error_mean, z.error_var, sc)
+    dt = torch.full((B,), f.config.time_step)
+    for t in range(T):
+        state = _fast_euler.scripted_step(f, *state, x[:, t], dt)
 
 
 def timed(fn: Any, repeats: int) -> float:
@@ -146,9 +137,10 @@ def timed(fn: Any, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--train", action="store_true", help="a training step (forward + backward of mean(out²))")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true", help="a training step (forward + backward of mean(out²))")
+    mode.add_argument("--cell", action="store_true", help="stream DREAMCell step by step against nn.LSTMCell")
     p.add_argument("--repeats", type=int, default=15, help="calls per recorded operation (median)")
-    p.add_argument("--cell", action="store_true", help="stream DREAMCell step by step against nn.LSTMCell")
     p.add_argument("--solver", default="euler", help="a solver with a fast path: euler, rk4, midpoint, heun")
     p.add_argument("--top", type=int, default=12, help="operations to list")
     a = p.parse_args(argv)

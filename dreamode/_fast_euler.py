@@ -212,6 +212,8 @@ class _Consts:
         self.dt8_mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], **kw)
         self.dt8_one = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], **kw)
         self.inv_I = torch.full((I, 1), 1.0 / I, **kw)
+        # what the Euler loops read, in the order of their ``consts`` argument
+        self.loop = [self.eps_var, self.inv_I, self.eps_log, self.col_I, self.one, self.negN, self.eye4, self.basis]
 
 
 _CONST_CACHE: dict[tuple, _Consts] = {}
@@ -249,6 +251,11 @@ _SAVED_MASKED = _euler_kernel.SAVED_MASKED
 # the C++ kernel keeps them every 16 steps whatever T: writing 2·R·H fresh numbers a sample per
 # step costs more (page faults) than recomputing them in the backward from cache
 _NATIVE_UU_EVERY = 16
+
+
+def mask_weights(m: Tensor) -> Tensor:
+    """``m / max(1, Σm)`` over the last dimension: each observed channel's weight in the error size."""
+    return m / m.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 def _stk(v: list[Tensor] | Tensor) -> Tensor:
@@ -303,7 +310,7 @@ class _Seq:
             self.xall = None
             self.MX = ms * xs
             self.OM = 1 - ms
-            self.MC = ms / ms.sum(-1, keepdim=True).clamp_min(1.0)
+            self.MC = mask_weights(ms)
         self.saved: dict[str, list] | None = None
 
     # -- forward ---------------------------------------------------------------------------------
@@ -333,7 +340,6 @@ class _Seq:
                 self.saved = None
             return out, hT, UU, em, ev, sc
         keeps = (self.dts == 0).unsqueeze(-1) if frozen is not None else None
-        consts = [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis]
         with _serial(self.xs.device, self.work):
             outs, h, UU, em, ev, sc, saved = _script.call(
                 _euler_kernel.forward_loop,
@@ -356,7 +362,7 @@ class _Seq:
                 keeps,
                 frozen if frozen is not None else [],
                 *w.kernel,
-                consts,
+                k.loop,
                 float(self.cfg.max_adaptive_tau),
                 self.fw,
                 self.mix,
@@ -634,7 +640,7 @@ class _Seq:
             gh, gUU, gem, gev, gsc, *G = self._backward_scripted(
                 gh, gUU, gem, gev, gsc, g_out, DTs, Qs, HZs, Hs, need_dt, free
             )
-        G_Pn, G_u, G_HZf, G_Lin, G_gain, G_E, G_xV, G_eV, G_dt, G_xt = G
+        G_Pn, GU, GHZf, GL, G_gain, GE, G_xV, G_eV, G_dt, G_xt = G
 
         def flat(t: Tensor) -> Tensor:
             return t.reshape(-1, t.shape[-1])
@@ -647,10 +653,8 @@ class _Seq:
             "sc": gsc.clone(),
         }
         out["C"] = torch.mm(flat(Hs).t(), flat(G_Pn)).neg_()
-        GU = G_u
         GXB = GU * DTs[..., 5:6]
-        GHZf, GLin = G_HZf, G_Lin
-        GY, GL = GHZf[..., 0:2], GLin
+        GY = GHZf[..., 0:2]
         out["MY"] = torch.mm(flat(Qs).t(), flat(GY))
         out["bY"] = GY.sum((0, 1))
         out["ML"] = torch.mm(flat(HZs).t(), flat(GL))
@@ -661,7 +665,6 @@ class _Seq:
         else:
             out["eta"] = None  # unused, as in the generic path
             GXV = G_xV
-        GE = G_E
         out["W"] = torch.mm(flat(_stk(sv["e"])).t(), flat(GU))
         if masked:
             out["B"] = torch.mm(flat(_stk(sv["xt"])).t(), flat(GXB))
@@ -956,12 +959,25 @@ def _cell_step(
     f: DREAMField, h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor, x: Tensor, dt: Tensor
 ) -> DREAMState:
     """An unmasked step without the trace's aux, prepared inside TorchScript (``DREAMCell``)."""
+    h, UU, em, ev, sc = scripted_step(f, h, UU, em, ev, sc, x, dt)
+    # outside inference mode again: ordinary tensors, usable later with autograd
+    h, UU, em, ev, sc = h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
+    U, Ut = UU.transpose(2, 3).unbind(1)
+    as_, at = sc.unbind(1)
+    return DREAMState(h, U, Ut, em, ev, as_, at)
+
+
+def scripted_step(
+    f: DREAMField, h: Tensor, UU: Tensor, em: Tensor, ev: Tensor, sc: Tensor, x: Tensor, dt: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`._euler_kernel.single_step` from the packed state: the new ``(h, UU, em, ev, sc)``,
+    made in inference mode (``benchmarks/op_floor.py`` times it with nothing around it)."""
     cfg = f.config
     w = _weights_cached(f)
     k = _consts(cfg, x.shape[1], x.dtype, x.device)
     work = x.shape[0] * w.C.shape[0] * (x.shape[1] + 2 * w.V.shape[1])
     with torch.inference_mode(), _serial(x.device, work):
-        h, UU, em, ev, sc = _script.call(
+        return _script.call(
             _euler_kernel.single_step,
             h,
             UU,
@@ -972,7 +988,7 @@ def _cell_step(
             dt,
             w.BWV,
             w.kernel,
-            [k.eps_var, k.inv_I, k.eps_log, k.col_I, k.one, k.negN, k.eye4, k.basis],
+            k.loop,
             [k.rates, k.dt8_one, k.dt8_mask],
             [cfg.error_smoothing / cfg.time_step, 1 / cfg.tau_max, 1 / cfg.tau_min],
             float(cfg.max_adaptive_tau),
@@ -980,8 +996,3 @@ def _cell_step(
             cfg.fast_weights or cfg.sleep_enabled,
             cfg.ltc_enabled,
         )
-    # outside inference mode again: ordinary tensors, usable later with autograd
-    h, UU, em, ev, sc = h.clone(), UU.clone(), em.clone(), ev.clone(), sc.clone()
-    U, Ut = UU.transpose(2, 3).unbind(1)
-    as_, at = sc.unbind(1)
-    return DREAMState(h, U, Ut, em, ev, as_, at)

@@ -176,7 +176,7 @@ def _stage_inputs(
         else:
             diff.append(ms * xc)
     if ms is not None:
-        fixed = [ms, 1 - ms, ms / ms.sum(-1, keepdim=True).clamp_min(1.0)]
+        fixed = [ms, 1 - ms, fe.mask_weights(ms)]
     return diff, fixed
 
 
@@ -403,7 +403,7 @@ def run_sequence(
         ev = _Eval(f, w, Bn, I, tableau.stages, mask is not None, x.dtype, x.device)
         diff, fixed = _stage_inputs(ev, interpolation, x, dt, mask, cs)
         h0, U0, Ut0, em0, ev0, as0, at0 = z
-        UU = torch.stack([U0, Ut0], 1).transpose(2, 3).reshape(Bn, 2, R * H)  # [Uᵀ; U_targetᵀ]
+        UU = fe._pack_U(U0, Ut0).view(Bn, 2, R * H)  # [Uᵀ; U_targetᵀ]
         y = torch.cat([h0, em0, ev0, as0.unsqueeze(1), at0.unsqueeze(1)], 1)
         return _Runner(ev, tableau, frozen, dt, fixed), y, UU, dt.t().unsqueeze(-1), diff, ev.weights()
 
