@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,6 +49,24 @@ class World:
         spread = (flat - ref).abs().max().reshape(1)
         dist.all_reduce(spread, op=dist.ReduceOp.MAX)
         return float(spread)
+
+    def on_rank0(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 and hand its result to every process; an exception raised there is
+        raised on every process, so that all of them stop together instead of waiting for rank 0."""
+        result: Any = None
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except Exception as exc:
+                error = exc
+        if self.size > 1:
+            box = [result, error]
+            dist.broadcast_object_list(box, src=0)
+            result, error = box
+        if error is not None:
+            raise error
+        return result
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -127,9 +127,29 @@ def save_checkpoint(
         "extra": dict(extra or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise OSError(
+            f"checkpoint {os.fspath(path)!r}: could not be written ({reason}); the file is unchanged"
+        ) from exc
     return path
+
+
+def nonfinite_entries(tree: Any, prefix: str = "") -> list[str]:
+    """The names (dotted paths) of the floating-point tensors in ``tree`` (nested dicts, lists and
+    tuples of tensors, e.g. a ``state_dict``) that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        bad = tree.is_floating_point() or tree.is_complex()
+        return [prefix or "tensor"] if bad and not bool(torch.isfinite(tree).all()) else []
+    items: Any = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
+    found: list[str] = []
+    for key, value in items:
+        found += nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -174,6 +194,7 @@ def load_checkpoint(
     scheduler: Any | None = None,
     config: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
 ) -> Checkpoint:
     """Read ``path`` (``weights_only=True``: no code runs) and restore what is given into it.
 
@@ -184,14 +205,25 @@ def load_checkpoint(
         config: the configuration the caller expects; default `model_config` of ``model``
             (nothing checked when both are absent). Any difference is refused.
         map_location: where tensors are loaded (as in ``torch.load``).
+        allow_nonfinite: accept weights or optimizer state holding NaN or inf (refused by
+            default: such a checkpoint comes from a diverged run and would train or score nonsense).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: unreadable or foreign file, a differing ``config`` (every differing key
-            is named), weights that do not fit ``model``, or a missing optimizer/scheduler state.
+            is named), weights that do not fit ``model``, a missing optimizer/scheduler state, or
+            NaN/inf in the weights or optimizer state (unless ``allow_nonfinite``).
     """
     where = f"checkpoint {os.fspath(path)!r}"
     payload = read_checkpoint(path, map_location)
+    if not allow_nonfinite:
+        bad = nonfinite_entries({k: payload.get(k) for k in ("model", "optimizer", "state") if payload.get(k)})
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise CheckpointError(
+                f"{where}: holds NaN or inf in {shown}; it comes from a diverged run "
+                "(start again from an earlier checkpoint or from scratch, with a smaller learning rate)"
+            )
     saved_config = payload.get("config") or {}
     if config is None and model is not None:
         config = model_config(model)
@@ -228,6 +260,7 @@ __all__ = [
     "config_mismatch",
     "load_checkpoint",
     "model_config",
+    "nonfinite_entries",
     "read_checkpoint",
     "save_checkpoint",
 ]

@@ -135,6 +135,11 @@ def evaluate(model: nn.Module, loader: Iterable[IrregularBatch]) -> float:
     return accuracy_from_logits(*predict(model, loader))
 
 
+class TrainingDivergedError(RuntimeError):
+    """An epoch in which no batch gave a finite loss and gradient: nothing was learned, and going on
+    would only report NaN losses (too large a learning rate, NaN/inf in the data, or unscaled times)."""
+
+
 def train_classifier(
     model: nn.Module,
     train_loader: Iterable[IrregularBatch],
@@ -171,6 +176,9 @@ def train_classifier(
         over the epoch's batches (in training mode); a batch whose forward solve fails
         (``solvers.SolverError``, e.g. DREAM's check for NaN/inf) or whose loss or gradient is not
         finite is skipped (no update) and counted in ``nonfinite_batches``.
+
+    Raises:
+        TrainingDivergedError: every batch of an epoch was skipped.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"train_classifier: epochs must be a non-negative int, got {epochs!r}")
@@ -224,6 +232,12 @@ def train_classifier(
                 finite = torch.isfinite(logits).all(dim=1)
                 total_correct += int(((logits.argmax(dim=1) == labels) & finite).sum())
             total_seen += labels.shape[0]
+        if total_seen and not finite_seen:
+            raise TrainingDivergedError(
+                f"train_classifier: epoch {epoch + 1}: every training batch gave a non-finite output, loss or "
+                f"gradient, so no weight was updated; lower lr (now {lr:g}), check the inputs for NaN/inf or "
+                "extreme values, or rescale the times so that gaps are about the model's time_step"
+            )
         if scheduler is not None and finite_seen:  # (no step before the optimizer's first one)
             scheduler.step()
         history["loss"].append(total_loss / finite_seen if finite_seen else float("nan"))
@@ -247,6 +261,7 @@ def train_classifier(
 
 __all__ = [
     "SequenceClassifier",
+    "TrainingDivergedError",
     "accuracy_from_logits",
     "count_parameters",
     "evaluate",

@@ -22,10 +22,10 @@ import csv
 import json
 import math
 import os
-import sys
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from . import _distributed as distributed
+from ._progress import progress as progress_bar
+from ._rundir import RunLock, check_writable, checkpoint_run_id, foreign_files, new_run_id
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
-from .classify import SequenceClassifier, count_parameters
+from .classify import SequenceClassifier, TrainingDivergedError, count_parameters
 from .data import IrregularBatch, IrregularSeries, drop_observations, pad_series, read_long_csv, standardize
 from .data._time import median_gap
 from .datasets import available_datasets, load_dataset
@@ -280,29 +282,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 # -- the run ----------------------------------------------------------------------------------
 
 
-class _Progress:
-    """One ``\\r``-updated line on a terminal; silent elsewhere (logs stay clean)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def update(self, text: str, done: int, total: int) -> None:
-        if self.enabled:
-            bar = "#" * int(20 * done / max(total, 1))
-            sys.stderr.write(f"\r{text} [{bar:<20}] {done}/{total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 79 + "\r")
-
-
 def run_fit(
     settings: FitSettings,
     out_dir: str | os.PathLike[str],
     *,
     resume: str | os.PathLike[str] | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -310,22 +296,33 @@ def run_fit(
 
     Args:
         settings: the run (see `FitSettings`).
-        out_dir: folder for ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png``.
-        resume: ``last.pt`` of an earlier run with the same settings (or its folder).
+        out_dir: folder for ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png``. It must be
+            writable (checked before training), used by no other running ``fit``, and hold no
+            other run's files: a new run refuses a folder with run files in it unless
+            ``overwrite``; a resumed run refuses files of any run but its own.
+        resume: ``last.pt`` of an earlier run with the same settings (or its folder). Into another
+            ``out_dir``, that run's ``best.pt`` is copied along.
         stop_after: stop after this many epochs *of this call* (the run can be resumed), e.g.
             to fit a job into a cluster's time limit.
+        overwrite: delete an earlier run's files in ``out_dir`` instead of refusing them.
         log: receives one line per epoch (only on rank 0 under ``torchrun``).
         progress: a progress bar on a terminal.
 
     Returns:
         The ``metrics.json`` content.
+
+    Raises:
+        TrainingDivergedError: an epoch in which no batch gave a finite loss and gradient.
     """
     settings.check()
     out = Path(out_dir)
+    check_writable(out)
     world = distributed.setup(settings.device)
     rank0 = world.rank == 0
     say = log if rank0 else (lambda _m: None)
+    lock = RunLock(out)
     try:
+        run_id = world.on_rank0(lambda: _claim(out, lock, resume, overwrite))
         splits = load_splits(settings)
         if len(splits.train) < world.size:
             raise ValueError(f"--data: {len(splits.train)} training series cannot be shared by {world.size} processes")
@@ -338,6 +335,7 @@ def run_fit(
         if resume is not None:
             run = _resume(Path(resume), settings, spec, model, optimizer, scheduler)
             say(f"resumed from {resume} after epoch {run['epoch']}")
+        run["run_id"] = run_id
         say(
             f"data {settings.data}: {splits.task}, {len(splits.train)} train / {len(splits.val)} validation / "
             f"{len(splits.test)} test series, {splits.input_dim} channels, time scale {splits.time_scale:.4g}; "
@@ -350,13 +348,51 @@ def run_fit(
         )
         report = _finish(settings, splits, model, run, world, out, spec, stopped_early, say)
     finally:
+        lock.release()
         world.teardown()
     return report
 
 
+def _resume_path(resume: str | os.PathLike[str]) -> Path:
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def _claim(out: Path, lock: RunLock, resume: str | os.PathLike[str] | None, overwrite: bool) -> str:
+    """Lock ``out`` for this run and return the run's identity; refuse another run's files."""
+    lock.acquire()
+    try:
+        if resume is None:
+            found = foreign_files(out, None)
+            if found and not overwrite:
+                raise FileExistsError(
+                    f"--out {str(out)!r} already holds a run ({', '.join(found)}): continue it with "
+                    f"--resume {out / 'last.pt'}, choose another --out, or pass --overwrite to replace it"
+                )
+            for name in found:
+                (out / name).unlink()
+            return new_run_id()
+        source = _resume_path(resume)
+        run_id = checkpoint_run_id(source) if source.is_file() else None
+        if run_id is None:
+            return new_run_id()  # unreadable or foreign: _resume names the problem
+        found = foreign_files(out, run_id)
+        if found:
+            raise FileExistsError(
+                f"--out {str(out)!r} holds {', '.join(found)} of another run than {str(source)!r}: "
+                "resume into the run's own folder or an empty one"
+            )
+        best = source.parent / "best.pt"
+        if not (out / "best.pt").is_file() and best.is_file() and checkpoint_run_id(best) == run_id:
+            shutil.copy2(best, out / "best.pt")
+        return run_id
+    except BaseException:
+        lock.release()
+        raise
+
+
 def _resume(path: Path, s: FitSettings, spec: dict, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    if path.is_dir():
-        path = path / "last.pt"
+    path = _resume_path(path)
     saved = read_checkpoint(path).get("extra", {}).get("settings", {})
     diff = config_mismatch(saved, asdict(s))
     if diff:
@@ -385,7 +421,6 @@ def _train(
     stop_after: int | None,
 ) -> bool:
     """The epoch loop; returns whether early stopping ended it."""
-    bar = _Progress(progress and world.rank == 0)
     params = [p for p in model.parameters() if p.requires_grad]
     n = len(splits.train)
     epochs_this_call = 0
@@ -399,7 +434,8 @@ def _train(
         starts = [lo for lo in range(0, n, s.batch_size) if len(order[lo : lo + s.batch_size]) >= world.size]
         loss_sum = norm_sum = score_sum = 0.0
         skipped = 0
-        for k, lo in enumerate(starts):
+        bar = progress_bar(total=len(starts), desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", quiet=not progress)
+        for lo in starts:
             idx = order[lo : lo + s.batch_size]
             local = idx[world.rank :: world.size].tolist()
             batch = pad_series([splits.train[i] for i in local])
@@ -408,7 +444,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes; scaling by world.size makes it the global mean.
             (loss * world.size / global_norm.clamp(min=1)).backward()
-            if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            finite = bool(torch.isfinite(world.all_sum(loss.detach())))
+            if finite and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
                 if s.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, s.grad_clip)
                 optimizer.step()
@@ -417,8 +454,14 @@ def _train(
             loss_sum += float(world.all_sum(loss.detach()))
             score_sum += float(world.all_sum(score))
             norm_sum += float(global_norm)
-            bar.update(f"epoch {epoch + 1}/{s.epochs}", k + 1, len(starts))
+            bar.update()
         bar.close()
+        if starts and skipped == len(starts):
+            raise TrainingDivergedError(
+                f"epoch {epoch + 1}: all {skipped} training batches gave a non-finite loss or gradient, so no "
+                f"weight was updated; lower --lr (now {s.lr:g}), check the data for NaN/inf or extreme values, "
+                f"or check --time-scale (now {splits.time_scale:.4g}: gaps should become about 0.1)"
+            )
         scheduler.step()
         val = evaluate_split(model, splits.val, splits.task, s.batch_size)
         score = _score(val, splits.task)
@@ -443,7 +486,7 @@ def _train(
         run["epoch"] = epoch + 1
         epochs_this_call += 1
         if world.rank == 0:
-            extra = {"settings": asdict(s), "run": run}
+            extra = {"settings": asdict(s), "run": run, "run_id": run["run_id"]}
             if improved:
                 save_checkpoint(out / "best.pt", model, config=spec, extra=extra)
             save_checkpoint(out / "last.pt", model, optimizer=optimizer, scheduler=scheduler, config=spec, extra=extra)
@@ -470,10 +513,22 @@ def _finish(
 ) -> dict[str, Any]:
     spread = world.max_param_spread(model)
     world.barrier()  # rank 0 has written best.pt
-    if run["best_epoch"] is not None and (out / "best.pt").is_file():
-        load_checkpoint(out / "best.pt", model, config=spec)
+    weights = f"last (epoch {run['epoch']})"
+    if run["best_epoch"] is not None:
+        best = out / "best.pt"
+        ckpt = read_checkpoint(best) if best.is_file() else None
+        extra = ckpt.get("extra", {}) if ckpt else {}
+        if extra.get("run_id") == run["run_id"] and extra.get("run", {}).get("epoch") == run["best_epoch"]:
+            load_checkpoint(best, model, config=spec)
+            weights = f"best (epoch {run['best_epoch']})"
+        else:
+            say(
+                f"warning: {best} of this run's best epoch {run['best_epoch']} is missing or belongs to another "
+                f"run; the test score below is of the {weights} weights"
+            )
     test = evaluate_split(model, splits.test, splits.task, s.batch_size)
     report = {
+        "run_id": run["run_id"],
         "task": splits.task,
         "settings": asdict(s),
         "model": spec,
@@ -489,6 +544,7 @@ def _finish(
         "best_epoch": run["best_epoch"],
         "stopped_early": stopped_early,
         "test": test,
+        "test_weights": weights,
         "world_size": world.size,
         "max_param_diff_across_ranks": spread,
         "wall_time_s": sum(h["time_s"] for h in run["history"]),
@@ -500,7 +556,7 @@ def _finish(
             _plot(run["history"], splits.task, out / "curves.png")
         name = "accuracy" if splits.task == "classify" else "rmse"
         written = ", ".join(n for n in ("metrics.json", "curves.png", "best.pt", "last.pt") if (out / n).is_file())
-        say(f"test {name} {test[name]:.4f} (best epoch {run['best_epoch']}); wrote {written} in {out}")
+        say(f"test {name} {test[name]:.4f} ({weights} weights); wrote {written} in {out}")
     return report
 
 
@@ -527,77 +583,6 @@ def _plot(history: list[dict[str, Any]], task: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# -- command line -----------------------------------------------------------------------------
-
-EXAMPLES = """\
-examples:
-  dreamode fit                                   # JapaneseVowels, Euler rule, 30 epochs, early stopping
-  dreamode fit --solver rk4 --hidden-dim 64 --out out/rk4
-  dreamode fit --data my_series.csv --label-col label       # classification from a long CSV
-  dreamode fit --data my_series.csv --task forecast         # next-value forecasting
-  dreamode fit --out out/fit --resume out/fit/last.pt        # continue a stopped run (same options)
-  torchrun --standalone --nproc_per_node 2 -m dreamode fit   # 2 processes, DDP over gloo
-"""
-
-
-def add_arguments(p: Any) -> None:
-    """Options of ``dreamode fit`` on an ``argparse`` parser."""
-    d = FitSettings()
-    p.add_argument("--data", default=d.data, help="built-in data set name or a long-format CSV (default: %(default)s)")
-    p.add_argument("--task", default=d.task, choices=TASKS, help="classify, forecast, or auto: classify if labelled")
-    p.add_argument("--label-col", default=d.label_col, help="label column of a CSV (default: %(default)s)")
-    p.add_argument("--solver", default=d.solver, help="any `dreamode solvers` name or ltc-fused (default: %(default)s)")
-    p.add_argument(
-        "--max-step", type=float, default=None, help="fixed-step solvers: largest step after time scaling (sub-steps)"
-    )
-    p.add_argument("--hidden-dim", type=int, default=d.hidden_dim)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--num-layers", type=int, default=d.num_layers)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, cosine-annealed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (default: %(default)s)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping; 0 = off (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--drop", type=float, default=d.drop, help="fraction of observations dropped per series")
-    p.add_argument("--time-scale", type=float, default=None, help="multiply times by this (default: gap -> 0.1)")
-    p.add_argument("--window", type=int, default=d.window, help="forecasting window length (default: %(default)s)")
-    p.add_argument("--max-series", type=int, default=None, help="use at most this many training series")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="cpu or cuda[:k] (default: %(default)s)")
-    p.add_argument(
-        "--native",
-        action="store_true",
-        help="run the Euler path through dreamode.native's C++ kernels (CPU; compiled on first use)",
-    )
-    p.add_argument("--out", default="out/fit", help="output folder (default: %(default)s)")
-    p.add_argument("--resume", default=None, metavar="CKPT", help="continue from last.pt (or its folder)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N epochs; resume later")
-
-
-def settings_from_args(a: Any) -> FitSettings:
-    names = {f.name for f in fields(FitSettings)}
-    return FitSettings(**{k: v for k, v in vars(a).items() if k in names})
-
-
-def main_from_args(a: Any) -> int:
-    """Run ``dreamode fit`` from parsed arguments; returns the exit code."""
-    if a.stop_after is not None and a.stop_after < 1:
-        raise ValueError(f"--stop-after: expected a positive integer, got {a.stop_after}")
-    if getattr(a, "native", False):
-        from . import native
-
-        native.enable()
-        print(f"dreamode.native: C++ kernels ready in {native.build_seconds:.1f} s", flush=True)
-    try:
-        run_fit(
-            settings_from_args(a), a.out, resume=a.resume, stop_after=a.stop_after, log=lambda m: print(m, flush=True)
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command plus --resume {Path(a.out) / 'last.pt'}", file=sys.stderr)
-        return 130
-    return 0
 
 
 __all__ = [

@@ -23,8 +23,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The parser with every subcommand."""
-    from .. import compare, fit
-    from . import bench, solvers_cmd
+    from .. import compare
+    from . import bench, fit_cmd, solvers_cmd
 
     parser = Parser(
         prog="dreamode",
@@ -43,15 +43,21 @@ def build_parser() -> Parser:
     _add_job(
         sub,
         "fit",
-        fit,
+        fit_cmd,
         help="train on a built-in data set or a CSV (classification or forecasting)",
         description="Train a DREAM model with validation, early stopping, checkpoints and exact resume.",
     )
     return parser
 
 
-#: user mistakes a job reports as one line (CheckpointError is a ValueError; ImportError: a missing extra)
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+#: what a job reports as one line and exit status 2: user mistakes (CheckpointError is a ValueError;
+#: ImportError: a missing extra), files and folders that cannot be read or written (OSError), and a
+#: training run that diverged (TrainingDivergedError is a RuntimeError raised only for that)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown after its help."""
 
 
 def _add_job(sub: Any, name: str, module: ModuleType, help: str, description: str) -> None:
@@ -62,14 +68,16 @@ def _add_job(sub: Any, name: str, module: ModuleType, help: str, description: st
         help=help,
         description=description,
         epilog=module.EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     module.add_arguments(p)
 
     def run(a: argparse.Namespace) -> int:
+        from ..classify import TrainingDivergedError
+
         try:
             return module.main_from_args(a)
-        except USER_ERRORS as exc:
+        except (*USER_ERRORS, TrainingDivergedError) as exc:
             p.error(str(exc))
 
     p.set_defaults(func=run)
