@@ -8,15 +8,17 @@ to prefer each):
 - `collocation_loss`: penalise ``‖dx/dt − g(t, x)‖²`` of a differentiable trajectory model at
   collocation times (PINN-style), no ODE solve.
 
-Also the one-compartment oral-absorption model (`OneCompartmentOral`) and the theophylline data
-(`load_theophylline`) of the pharmacokinetics example, and `solve_at_times` for a batch whose
-samples are observed at their own irregular times.
+Also the one-compartment oral-absorption model (`OneCompartmentOral`), the theophylline data of
+the pharmacokinetics example (`load_theophylline`, R's ``Theoph`` through the optional ``pk``
+extra) and a study generated from the model with known parameters (`synthetic_theophylline`),
+and `solve_at_times` for a batch whose samples are observed at their own irregular times.
 """
 
 from ._constraints import PositiveParameters
 from ._hybrid import HybridField, ParametricPhysics
-from ._pk import OneCompartmentOral, TheophyllineSubject, load_theophylline, oral_concentration
+from ._pk import OneCompartmentOral, oral_concentration
 from ._residual import collocation_loss, collocation_times, physics_residual, time_derivative
+from ._theophylline import SyntheticSubject, TheophyllineSubject, load_theophylline, synthetic_theophylline
 from ._times import solve_at_times
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "OneCompartmentOral",
     "ParametricPhysics",
     "PositiveParameters",
+    "SyntheticSubject",
     "TheophyllineSubject",
     "collocation_loss",
     "collocation_times",
@@ -31,5 +34,6 @@ __all__ = [
     "oral_concentration",
     "physics_residual",
     "solve_at_times",
+    "synthetic_theophylline",
     "time_derivative",
 ]

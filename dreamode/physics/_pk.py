@@ -1,4 +1,4 @@
-"""The one-compartment model with first-order oral absorption, and the theophylline data.
+"""The one-compartment model with first-order oral absorption.
 
 Units follow R's ``Theoph`` and ``nlme::SSfol``: the dose is in mg per kg of body weight, so the
 clearance ``Cl`` is in L/h/kg and the volume ``V = Cl / ke`` in L/kg; times in hours,
@@ -6,11 +6,6 @@ concentrations in mg/L. (Multiply ``Cl`` and ``V`` by the weight for whole-body 
 """
 
 from __future__ import annotations
-
-import csv
-import functools
-from importlib import resources
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -126,59 +121,4 @@ def oral_concentration(t: Tensor, dose: Tensor | float, ka: Tensor, ke: Tensor, 
     return dose * ka * ke / (cl * (ka - ke)) * (torch.exp(-ke * t) - torch.exp(-ka * t))
 
 
-class TheophyllineSubject(NamedTuple):
-    """One subject of the theophylline study.
-
-    Attributes:
-        subject: the subject number of R's ``Theoph`` (1..12).
-        weight: body weight (kg).
-        dose: oral dose (mg/kg), given at time 0.
-        times: ``(11,)`` float64 sampling times (h), starting at 0; irregular and different per subject.
-        conc: ``(11,)`` float64 plasma concentrations (mg/L).
-    """
-
-    subject: int
-    weight: float
-    dose: float
-    times: Tensor
-    conc: Tensor
-
-
-@functools.cache
-def _rows() -> tuple[tuple[int, float, float, float, float], ...]:
-    ref = resources.files("dreamode.datasets").joinpath("data").joinpath("theophylline.csv")
-    with ref.open("r", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return tuple(
-            (
-                int(r["subject"]),
-                float(r["weight_kg"]),
-                float(r["dose_mg_per_kg"]),
-                float(r["time_h"]),
-                float(r["conc_mg_per_l"]),
-            )
-            for r in reader
-        )
-
-
-def load_theophylline() -> list[TheophyllineSubject]:
-    """The theophylline pharmacokinetics data (R's ``Theoph``), shipped with the package.
-
-    Twelve subjects each took one oral dose of theophylline (anti-asthmatic) at time 0; plasma
-    concentrations were measured at 11 times over the next 25 hours, at each subject's own
-    irregular times. Source: Boeckmann, Sheiner and Beal (1994), *NONMEM Users Guide Part V*, as
-    R's ``datasets::Theoph`` (see ``dreamode/physics/DATA.md``). Nothing is downloaded.
-
-    Returns:
-        Twelve `TheophyllineSubject`, in subject order 1..12.
-    """
-    out = []
-    for s in sorted({r[0] for r in _rows()}):
-        rows = [r for r in _rows() if r[0] == s]
-        times = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-        conc = torch.tensor([r[4] for r in rows], dtype=torch.float64)
-        out.append(TheophyllineSubject(s, rows[0][1], rows[0][2], times, conc))
-    return out
-
-
-__all__ = ["OneCompartmentOral", "TheophyllineSubject", "load_theophylline", "oral_concentration"]
+__all__ = ["OneCompartmentOral", "oral_concentration"]

