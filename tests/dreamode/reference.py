@@ -1,16 +1,21 @@
-"""An independent NumPy float64 re-computation of the DREAM cell, written from dream-math.md §3-5.
+"""An independent NumPy float64 re-computation of the DREAM cell, written from the equations of
+docs/dream-cell.md ("The vector field", items 1-10).
 
 Nothing here calls ``dreamode``'s numerics: the parameters are read off a field as plain arrays
-(:func:`params_from_field`) and every equation of the math page is written out again, per sample,
+(:func:`params_from_field`) and every equation of that page is written out again, per sample,
 with the Euler step in the seed's form
 
     h_next = (1 - Δt/τ)·h + (Δt/τ)·h_target
 
 and the running statistics as EMAs ``(1 - β·Δt/Δt_ref)·old + (β·Δt/Δt_ref)·new``.
 
-One deliberate reading (the math page says "adaptive_tau is kept <= θ_max"): the habituation
-target saturates, ``d adaptive_tau/dt = (ρ/Δt_ref)(min(n, θ_max) − adaptive_tau)``; the state
-itself is not clamped.
+The habituation target saturates, ``d adaptive_tau/dt = (ρ/Δt_ref)(min(n, θ_max) − adaptive_tau)``
+(item 10); the state itself is not clamped.
+
+The semi-implicit ``ltc-fused`` step (docs/dream-cell.md, the solver table) is written out too: each component's
+derivative is split as ``dz/dt = g − c·z`` with ``g`` free of ``z`` (read off the items: for ``h``,
+``g = h_target/τ`` and ``c = 1/τ``), and ``z_next = (z + Δt·g) / (1 + Δt·c)``, which for ``h`` is
+the page's ``(h + (Δt/τ)·h_target) / (1 + Δt/τ)``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def _sigmoid(v: float) -> float:
 
 
 def initial_state(config: Any, batch_size: int) -> dict[str, np.ndarray]:
-    """dream-math.md §1: zeros, error_var = 1, adaptive_tau = base_threshold."""
+    """docs/dream-cell.md, "State": zeros, error_var = 1, adaptive_tau = base_threshold."""
     B, I, H, R = batch_size, config.input_dim, config.hidden_dim, config.rank
     return {
         "h": np.zeros((B, H)),
@@ -55,7 +60,7 @@ def initial_state(config: Any, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def field_quantities(p: dict, cfg: Any, z: dict, x: np.ndarray, m: np.ndarray | None) -> dict[str, Any]:
-    """Every quantity of §3 for ONE sample (``z`` holds unbatched arrays, ``x`` and ``m`` are (I,))."""
+    """Every quantity of the vector field for ONE sample (``z`` holds unbatched arrays, ``x`` and ``m`` are (I,))."""
     h, U, U_target = z["h"], z["U"], z["U_target"]
     error_mean, error_var = z["error_mean"], z["error_var"]
     avg_surprise, adaptive_tau = float(z["avg_surprise"]), float(z["adaptive_tau"])
@@ -71,10 +76,11 @@ def field_quantities(p: dict, cfg: Any, z: dict, x: np.ndarray, m: np.ndarray | 
     # 2. imputation and error
     x_tilde = m * x + (1.0 - m) * x_hat
     e = m * (x - x_hat)
-    # 3. RMS z-score over observed channels
-    n = math.sqrt(float(np.sum(m * (e - error_mean) ** 2 / (error_var + 1e-6))) / max(1.0, float(np.sum(m))))
+    # 3. RMS z-score over observed channels (the variance read as max(error_var, 0))
+    var = np.maximum(error_var, 0.0)
+    n = math.sqrt(float(np.sum(m * (e - error_mean) ** 2 / (var + 1e-6))) / max(1.0, float(np.sum(m))))
     # 4. surprise gate
-    H_e = min(max(0.5 * math.log(2 * math.pi * math.e * float(np.mean(error_var)) + 1e-6), 0.0), 2.0)
+    H_e = min(max(0.5 * math.log(2 * math.pi * math.e * float(np.mean(var)) + 1e-6), 0.0), 2.0)
     tau_cls = tau_0 * (1.0 + alpha * H_e)
     tau_eff = 0.3 * tau_cls + 0.7 * adaptive_tau
     S = _sigmoid((n - tau_eff) / gamma)
@@ -89,24 +95,22 @@ def field_quantities(p: dict, cfg: Any, z: dict, x: np.ndarray, m: np.ndarray | 
     # 8. fast weights
     if cfg.fast_weights:
         norm_U = math.sqrt(float(np.sum(U * U)))
-        # Bounded-rate soft norm bound (docs/dream-cell.md): ν·relu(1 − N/‖U‖_F). The math page's
-        # ν·relu(‖U‖_F/N − 1) has the same slope at ‖U‖_F = N but an unbounded rate, which makes
-        # every explicit solver diverge once ‖U‖_F overshoots (issue 3 finding).
+        # The soft norm bound ν·relu(1 − N/‖U‖_F) of item 8.
         homeo = cfg.homeostasis_rate * max(1.0 - cfg.target_norm / norm_U, 0.0) if norm_U > 0 else 0.0
-        dU = (
-            -cfg.forgetting_rate * (1.0 + cfg.adaptive_forgetting_scale * S) * (U - U_target)
-            + (eta * S)[:, None] * np.outer(h, e @ V)
-            - homeo * U
-        )
+        forget = cfg.forgetting_rate * (1.0 + cfg.adaptive_forgetting_scale * S)
+        hebb = (eta * S)[:, None] * np.outer(h, e @ V)
+        dU = -forget * (U - U_target) + hebb - homeo * U
     else:
-        norm_U = 0.0
+        norm_U = homeo = forget = 0.0
+        hebb = np.zeros_like(U)
         dU = np.zeros_like(U)
     # 9. sleep consolidation
     if cfg.sleep_enabled:
         g = _sigmoid((cfg.min_surprise_for_sleep - avg_surprise) / gamma)
-        dU_target = cfg.sleep_rate * g * (U - U_target)
+        sleep = cfg.sleep_rate * g
     else:
-        dU_target = np.zeros_like(U_target)
+        sleep = 0.0
+    dU_target = sleep * (U - U_target)
     return {
         "x_hat": x_hat,
         "e": e,
@@ -117,7 +121,33 @@ def field_quantities(p: dict, cfg: Any, z: dict, x: np.ndarray, m: np.ndarray | 
         "dU": dU,
         "dU_target": dU_target,
         "norm_U": norm_U,
+        # the rates of the linear self-decays, and the Hebbian term, for the ltc-fused step
+        "forget": forget,
+        "homeo": homeo,
+        "hebb": hebb,
+        "sleep": sleep,
     }
+
+
+def ltc_fused_step(p: dict, cfg: Any, z: dict, x: np.ndarray, m: np.ndarray | None, dt: float) -> tuple[dict, dict]:
+    """One semi-implicit ``ltc-fused`` step for ONE sample: ``z_next = (z + Δt·g) / (1 + Δt·c)``."""
+    q = field_quantities(p, cfg, z, x, m)
+    r_e = cfg.error_smoothing / cfg.time_step
+    r_s = cfg.surprise_smoothing / cfg.time_step
+    r_h = cfg.habituation_rate / cfg.time_step
+    U, U_target = z["U"], z["U_target"]
+    # (g, c) of each component, read off the vector field: dz/dt = g − c·z
+    parts = {
+        "h": (q["h_target"] / q["tau"], 1.0 / q["tau"]),
+        "U": (q["hebb"] + q["forget"] * U_target, q["forget"] + q["homeo"]),
+        "U_target": (q["sleep"] * U, q["sleep"]),
+        "error_mean": (r_e * q["e"], r_e),
+        "error_var": (r_e * (q["e"] - z["error_mean"]) ** 2, r_e),
+        "avg_surprise": (r_s * q["S"], r_s),
+        "adaptive_tau": (r_h * min(q["n"], cfg.max_adaptive_tau), r_h),
+    }
+    z_next = {k: (z[k] + dt * g) / (1.0 + dt * c) for k, (g, c) in parts.items()}
+    return z_next, q
 
 
 def euler_step(
@@ -154,14 +184,16 @@ def reference_euler(
     *,
     saturate_target: bool = True,
     return_diag: bool = False,
+    rule: str = "euler",
 ):
-    """Run the reference Euler rule over a batch, one step per observation.
+    """Run the reference Euler rule (``rule="ltc-fused"``: the semi-implicit step) over a batch,
+    one step per observation.
 
     Args:
         params: :func:`params_from_field` of the layer.
         config: the layer's ``DREAMConfig`` (only its fields are read).
         x: ``(B, T, I)``; dt: ``(B, T)`` step into each observation; mask: ``(B, T, I)`` of 0/1;
-        lengths: ``(B,)``; state0: a dict of batched arrays (default: §1's initial state).
+        lengths: ``(B,)``; state0: a dict of batched arrays (default: the initial state of :func:`initial_state`).
 
     Returns:
         ``outputs`` ``(B, T, H)`` (zero past each length), the final state dict (batched, at each
@@ -182,7 +214,10 @@ def reference_euler(
         L = T if lengths is None else int(lengths[b])
         for i in range(L):
             m = None if mask is None else np.asarray(mask[b, i], dtype=np.float64)
-            z, q = euler_step(params, config, z, x[b, i], m, float(dt[b, i]), saturate_target=saturate_target)
+            if rule == "euler":
+                z, q = euler_step(params, config, z, x[b, i], m, float(dt[b, i]), saturate_target=saturate_target)
+            else:
+                z, q = ltc_fused_step(params, config, z, x[b, i], m, float(dt[b, i]))
             outputs[b, i] = z["h"]
             for k in diag:
                 diag[k][b, i] = q[k]
