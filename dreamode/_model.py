@@ -11,7 +11,15 @@ from torch import Tensor, nn
 
 import solvers
 
-from ._checks import check_finite, check_like, check_state, check_tensor
+from ._checks import (
+    check_finite,
+    check_like,
+    check_state,
+    check_tensor,
+    check_time_precision,
+    oversized,
+    time_precision_hint,
+)
 from ._config import DREAMConfig
 from ._errors import unknown_name_message
 from ._field import DREAMField
@@ -265,6 +273,8 @@ class DREAMStack(nn.Module):
         step = step64.to(ref.dtype)
         maskb = self._mask(where, mask, xb, unbatched, to_batch_major)
         states = self._states(where, state, B, unbatched)
+        if B == 0:  # as nn.LSTM: an empty batch gives empty outputs (the solvers need a sample)
+            return self._empty(xb, states, return_trace)
 
         out = xb
         layer_outs: list[Tensor] = []
@@ -303,6 +313,22 @@ class DREAMStack(nn.Module):
         state_out: Any = new_states[0] if self.num_layers == 1 else new_states
         if not return_trace:
             return out, state_out
+        return out, state_out, traces[0] if self.num_layers == 1 else traces
+
+    def _empty(self, xb: Tensor, states: list[DREAMState], return_trace: bool) -> tuple[Any, ...]:
+        """The outputs for a batch of no samples: ``(0, T, H)`` output and the states as given."""
+        T = xb.shape[1]
+        # on every parameter's graph, as nn.LSTM's: a loss on it back-propagates zero gradients
+        anchor = sum((p.sum() for p in self.parameters() if p.requires_grad), xb.new_zeros(()))
+        out = xb.new_zeros(0, T, self.hidden_dim) + 0 * anchor
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        self.solve_stats = [SolveStats() for _ in self.fields]
+        state_out: Any = states[0] if self.num_layers == 1 else states
+        if not return_trace:
+            return out, state_out
+        none = xb.new_zeros(0, T)
+        traces = [Trace(none, none, xb.new_zeros(0, T, g.C.shape[1]), none, none) for g in self.fields]
         return out, state_out, traces[0] if self.num_layers == 1 else traces
 
     # -- numerics ------------------------------------------------------------------------------
@@ -353,11 +379,13 @@ class DREAMStack(nn.Module):
         layer = f" in layer {k}" if self.num_layers > 1 else ""
         f = self.fields[k]
         integ = self.integrator
+        label = "state" if self.num_layers == 1 else f"state[{k}]"
         for n, c in zip(DREAMState._fields, given[k] if given is not None else ()):
             if not bool(torch.isfinite(c).all()):
-                label = "state" if self.num_layers == 1 else f"state[{k}]"
                 first = tuple((~torch.isfinite(c)).nonzero()[0].tolist())
                 raise ValueError(f"{where}: {label}.{n} contains NaN or inf (first at index {first})")
+        passed = [] if given is None else [(f"{label}.{n}", c) for n, c in zip(DREAMState._fields, given[k])]
+        huge = oversized(passed, f.C.dtype)
         params = [n for n, p in f.named_parameters() if not bool(torch.isfinite(p).all())]
         # the longest (sub-)step of this sample up to the failure
         dts = step[b, : i + 1]
@@ -367,6 +395,8 @@ class DREAMStack(nn.Module):
         longest, limit = float(dts[j]), explicit_step_limit(f)
         if params:
             cause = f"the parameter(s) {', '.join(params)}{layer} are not finite (a diverged training step?)"
+        elif huge is not None:
+            cause = f"the state passed in: {huge}; pass a state this model returned, or init_state()"
         elif integ.tableau is not None and longest > limit:
             cause = (
                 f"an explicit {integ.method!r} step of {longest:.4g} time units (step {j}), beyond the stability "
@@ -433,6 +463,7 @@ class DREAMStack(nn.Module):
             raise ValueError(f"{where}: {name} is on {given.device}, but x is on {device}")
         if not (given.is_floating_point() or given.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"{where}: {name} must be a float tensor, got {given.dtype}")
+        raw_dtype = given.dtype
         given = given.to(torch.float64)
         if given.shape == (T,):
             given = given.unsqueeze(0).expand(B, T)
@@ -453,6 +484,10 @@ class DREAMStack(nn.Module):
                     raise ValueError(f"{where}: expected t0 as a scalar or of shape ({B},), got {tuple(t0_t.shape)}")
                 first = (given[:, 0] - t0_t).reshape(B, 1)
             steps = torch.cat([first, given[:, 1:] - given[:, :-1]], dim=1)
+            derived = valid.clone()
+            if t0 is None:
+                derived[:, 0] = False  # the first step is time_step, not a difference of times
+            check_time_precision(where, name, raw_dtype, given, steps, derived)
         else:
             steps = given
         bad = (steps <= 0) & valid
@@ -465,7 +500,8 @@ class DREAMStack(nn.Module):
                     if i > 0
                     else f"t0={float(given[b, 0] - steps[b, 0]):.6g}"
                 )
-                raise ValueError(f"{where}: {what}{prev}, times[{b}, {i}]={float(given[b, i]):.6g}")
+                hint = time_precision_hint(name, raw_dtype, float(given[b, i])) if steps[b, i] == 0 else ""
+                raise ValueError(f"{where}: {what}{prev}, times[{b}, {i}]={float(given[b, i]):.6g}{hint}")
             raise ValueError(f"{where}: dt must be positive; dt[{b}, {i}]={float(steps[b, i]):.6g}")
         return steps
 

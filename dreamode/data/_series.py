@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .._checks import check_time_precision, time_precision_hint
 from ._checks import bad_argument, describe
 
 
@@ -31,7 +32,9 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
     tensors, arrays or lists — into a checked `IrregularSeries`.
 
     ``values`` may be ``(L,)`` for one channel; it becomes ``(L, 1)``. Times become float64 and must be
-    finite and strictly increasing. Errors name ``func`` and ``name`` (e.g. ``"series[3]"``).
+    finite and strictly increasing; times given in float32 (or float16) are refused when that dtype's
+    rounding may have changed a gap by over 1 % (e.g. Unix times, spaced 128 s apart in float32).
+    Errors name ``func`` and ``name`` (e.g. ``"series[3]"``).
     """
     if isinstance(item, IrregularSeries):
         times, values, label = item
@@ -39,6 +42,7 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
         times, values, label = item[0], item[1], item[2] if len(item) == 3 else None
     else:
         raise bad_argument(func, name, "an IrregularSeries or a (times, values[, label]) tuple", item, error=TypeError)
+    raw_dtype = _dtype_of(times)
     try:
         times_t = torch.as_tensor(
             np.asarray(times, dtype=np.float64) if isinstance(times, list | tuple) else times, dtype=torch.float64
@@ -65,11 +69,20 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
     if not torch.isfinite(times_t).all():
         raise bad_argument(func, f"{name} times", "finite (no NaN or inf)", times_t)
     steps = times_t.diff()
+    if raw_dtype is not None and steps.numel():
+        derived = torch.ones(1, steps.shape[0] + 1, dtype=torch.bool)
+        derived[0, 0] = False
+        check_time_precision(
+            func, f"{name} times", raw_dtype, times_t.unsqueeze(0), torch.cat([steps[:1], steps]).unsqueeze(0), derived
+        )
     if (steps <= 0).any():
         i = int(torch.nonzero(steps <= 0)[0]) + 1
+        hint = (
+            "" if raw_dtype is None or steps[i - 1] != 0 else time_precision_hint("times", raw_dtype, times_t[i].item())
+        )
         raise ValueError(
             f"{func}: expected {name} times to be strictly increasing, got times[{i}] = {times_t[i].item()!r} "
-            f"after times[{i - 1}] = {times_t[i - 1].item()!r}"
+            f"after times[{i - 1}] = {times_t[i - 1].item()!r}{hint}"
         )
     if label is not None:
         if isinstance(label, torch.Tensor | np.ndarray) and label.ndim == 0:
@@ -78,6 +91,15 @@ def as_series(item: Any, func: str, name: str = "series", *, dtype: torch.dtype 
             raise TypeError(f"{func}: expected {name} label to be an int or None, got {describe(label)}")
         label = int(label)
     return IrregularSeries(times_t, values_t, label)
+
+
+def _dtype_of(times: Any) -> torch.dtype | None:
+    """The torch dtype ``times`` arrived in when it is a tensor or an array (``None`` for lists)."""
+    if isinstance(times, torch.Tensor):
+        return times.dtype
+    if isinstance(times, np.ndarray):
+        return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}.get(times.dtype)
+    return None
 
 
 def as_series_list(series: Any, func: str, *, dtype: torch.dtype | None = None) -> list[IrregularSeries]:

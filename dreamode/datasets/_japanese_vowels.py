@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ..data import IrregularSeries
+from ..data import IrregularSeries, check_classes
 from ._splits import check_split
 
 FRAME_SHIFT_MS = 6.4
@@ -38,6 +38,9 @@ def load_japanese_vowels(split: str = "train") -> list[IrregularSeries]:
         index ``0, 1, ..., L-1`` (one unit = one frame = ``FRAME_SHIFT_MS`` = 6.4 ms); ``values``
         ``(L, 12)`` float32 (unscaled coefficients; see `dreamode.data.standardize`);
         ``label`` the speaker, ``0..8``.
+
+    Raises:
+        ValueError: an unknown split, or (a damaged data file) labels of only one class.
     """
     lo, hi = check_split("load_japanese_vowels", split, n_train=int(_arrays()["n_train"]), n_total=640)
     arrays = _arrays()
@@ -48,4 +51,5 @@ def load_japanese_vowels(split: str = "train") -> list[IrregularSeries]:
         values = torch.from_numpy(arrays["values"][starts[k] : starts[k + 1]].copy())
         times = torch.arange(int(lengths[k]), dtype=torch.float64)
         out.append(IrregularSeries(times, values, int(arrays["labels"][k])))
+    check_classes(out, "load_japanese_vowels", f"split {split!r}")
     return out

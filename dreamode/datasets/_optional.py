@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import IrregularSeries
+from ..data import IrregularSeries, check_classes
 from ._splits import SPLITS, import_optional
 
 
@@ -26,6 +26,7 @@ def load_plaid(split: str = "train") -> list[IrregularSeries]:
 
     Raises:
         ImportError: sktime is not installed (``pip install 'dreamode[sktime]'``).
+        ValueError: an unknown split, or (a damaged copy) labels of only one class.
     """
     if split not in SPLITS:
         raise ValueError(f"load_plaid: expected split to be one of {list(SPLITS)}, got {split!r}")
@@ -36,6 +37,7 @@ def load_plaid(split: str = "train") -> list[IrregularSeries]:
         values = np.asarray(X.iloc[k, 0], dtype=np.float32)
         times = torch.arange(values.shape[0], dtype=torch.float64)
         out.append(IrregularSeries(times, torch.from_numpy(values).unsqueeze(-1), int(y[k])))
+    check_classes(out, "load_plaid", f"split {split!r}")
     return out
 
 

@@ -120,7 +120,7 @@ def test_times_equal_equivalent_dt(solver, max_step):
     x, times, mask = _x(B, T), _times(B, T), _mask(B, T)
     step = model.config.time_step
     dt = torch.cat([torch.full((B, 1), step, dtype=F64), times.diff(dim=1)], dim=1)
-    t0 = times[:, 0] - 0.3
+    t0 = times[:, 0] - 0.15  # a first step within the explicit stability limit (0.2): no StiffStepWarning
     dt0 = torch.cat([(times[:, 0] - t0)[:, None], times.diff(dim=1)], dim=1)
     with torch.no_grad():
         out_t, s_t = model(x, times=times, mask=mask)
@@ -318,3 +318,32 @@ def test_state_select_cat_detach_to():
     with torch.no_grad():
         o32, _ = model32(x[:, T:].float(), s32, dt=dt[:, T:])
     assert rel_dev(o32.double(), full) < 1e-4
+
+
+# -- an empty batch ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_empty_batch_gives_empty_outputs_like_lstm(batch_first, num_layers):
+    T = 4
+    model = _model(num_layers=num_layers, batch_first=batch_first)
+    lstm = torch.nn.LSTM(I, H, num_layers=num_layers, batch_first=batch_first, dtype=F64)
+    x = torch.zeros((0, T, I) if batch_first else (T, 0, I), dtype=F64)
+    out, states = model(x)
+    expected, _ = lstm(x)
+    assert out.shape == expected.shape == ((0, T, H) if batch_first else (T, 0, H))
+    states = [states] if num_layers == 1 else states
+    assert len(states) == num_layers and all(c.shape[0] == 0 for s in states for c in s)
+    out.sum().backward()  # an empty loss still back-propagates, as with nn.LSTM
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+
+
+def test_empty_batch_with_times_state_and_trace():
+    model = _model()
+    x, times = torch.zeros(0, 3, I, dtype=F64), torch.zeros(0, 3, dtype=F64)
+    _, state = model(x)
+    out, state2, trace = model(x, state, times=times, return_trace=True)
+    _, _, one = model(_x(1, 3), times=_times(1, 3), return_trace=True)
+    assert out.shape == (0, 3, H) and state2.h.shape == (0, H)
+    assert [t.shape[1:] for t in trace] == [t.shape[1:] for t in one] and all(t.shape[0] == 0 for t in trace)

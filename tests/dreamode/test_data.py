@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +19,11 @@ from dreamode.data import (
     IrregularSeries,
     SeriesDataset,
     Standardizer,
+    check_classes,
     collate_series,
     drop_observations,
     pad_series,
+    read_csv_header,
     read_long_csv,
     standardize,
     unpad,
@@ -334,7 +340,11 @@ def test_read_long_csv_numeric_labels_sorted_numerically():
             {"label_col": "y"},
             r"line 3, column 'y': id 'a' has label 'q' here but 'p' on line 2",
         ),
-        ("id,time,x,y\na,0,1,\n", {"label_col": "y"}, r"line 2, column 'y': expected a label, got an empty cell"),
+        (
+            "id,time,x,y\na,0,1,\nb,0,1,q\n",
+            {"label_col": "y"},
+            r"column 'y': missing labels .* on line 2, for id\(s\) 'a'",
+        ),
         ("id,time,x\na,0\n", {}, r"line 2: expected 3 cells as in the header, got 2"),
         ("id,time,x\n,0,1\n", {}, r"line 2, column 'id': expected an id, got an empty cell"),
         ("id,time,x,x\na,0,1,1\n", {}, r"column 'x' appears twice"),
@@ -358,6 +368,131 @@ def test_read_long_csv_error_names_the_file(tmp_path):
 def test_read_long_csv_rejects_bad_path_type():
     with pytest.raises(TypeError, match=r"expected path to be a path or an open text file, got int 3"):
         read_long_csv(3)
+
+
+# --- read_long_csv: missing labels, class numbering, one class, encodings, CSV errors --------------
+
+# what pandas' DataFrame.to_csv(na_rep="nan") writes for a missing label (the default na_rep writes "")
+PANDAS_CSV = """id,time,x,label
+1,0,1.0,a
+1,1,2.0,a
+2,0,3.0,nan
+2,1,4.0,nan
+3,0,5.0,b
+4,0,6.0,
+"""
+
+
+def test_read_long_csv_nan_label_is_an_error_naming_the_rows():
+    with pytest.raises(
+        ValueError,
+        match=r"<stream>, column 'label': missing labels .* on lines 4, 5, 7, for id\(s\) '2', '4'.*"
+        r"missing_labels='drop'",
+    ):
+        read_long_csv(io.StringIO(PANDAS_CSV), label_col="label")
+
+
+def test_read_long_csv_missing_labels_drop():
+    data = read_long_csv(io.StringIO(PANDAS_CSV), label_col="label", missing_labels="drop")
+    assert data.ids == ["1", "3"] and data.classes == ["a", "b"]
+    assert [s.label for s in data.series] == [0, 1] and data.series[0].times.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"expected missing_labels to be one of \['error', 'drop'\], got str 'skip'"):
+        read_long_csv(io.StringIO(PANDAS_CSV), label_col="label", missing_labels="skip")
+
+
+def test_read_long_csv_label_missing_on_some_rows_of_an_id():
+    text = "id,time,x,y\na,0,1,p\na,1,1,NaN\nb,0,1,q\n"
+    for missing in ("error", "drop"):
+        with pytest.raises(ValueError, match=r"line 3, column 'y': id 'a' has no label here but 'p' on line 2"):
+            read_long_csv(io.StringIO(text), label_col="y", missing_labels=missing)
+
+
+def test_read_long_csv_one_class_refused():
+    text = "id,time,x,y\na,0,1,p\nb,0,1,p\n"
+    with pytest.raises(ValueError, match=r"column 'y': all 2 series have the same label 'p'.*leave out label_col"):
+        read_long_csv(io.StringIO(text), label_col="y")
+    with pytest.raises(ValueError, match=r"all 2 series have the same label 'p'"):  # one class left after dropping
+        read_long_csv(io.StringIO(text + "c,0,1,\n"), label_col="y", missing_labels="drop")
+    unlabelled = read_long_csv(io.StringIO(text), feature_cols=["x"])  # the remedy: read without labels
+    assert unlabelled.classes is None and [s.label for s in unlabelled.series] == [None, None]
+
+
+NUMBERING = """
+import sys
+from dreamode.data import read_long_csv
+data = read_long_csv(sys.argv[1], label_col="y")
+print(data.classes, [s.label for s in data.series])
+"""
+
+
+def test_read_long_csv_class_numbering_independent_of_hash_order(tmp_path):
+    # equal numbers written differently ("1", "1.0", "01") used to be ordered by set iteration,
+    # which changes with PYTHONHASHSEED
+    labels = ["1.0", "10", "01", "2", "1", "2.0", "02", "1.00"]
+    path = tmp_path / "numbers.csv"
+    path.write_text("id,time,x,y\n" + "".join(f"s{k},0,1,{y}\n" for k, y in enumerate(labels)))
+    expected_classes = ["01", "1", "1.0", "1.00", "02", "2", "2.0", "10"]  # by value, then by text
+    runs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        done = subprocess.run(
+            [sys.executable, "-c", NUMBERING, str(path)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stdout)
+    assert runs[0] == runs[1]
+    data = read_long_csv(path, label_col="y")
+    assert data.classes == expected_classes
+    assert [data.classes[s.label] for s in data.series] == labels
+    assert runs[0].strip() == f"{data.classes} {[s.label for s in data.series]}"
+
+
+def test_read_long_csv_accepts_a_utf8_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,time,x,label\na,0,1,p\nb,0,2,q\n")
+    data = read_long_csv(path, label_col="label")
+    assert data.ids == ["a", "b"] and data.features == ["x"] and data.classes == ["p", "q"]
+    assert read_csv_header(path) == ["id", "time", "x", "label"]
+    with open(path, encoding="utf-8", newline="") as f:  # a stream decoded without removing the mark
+        assert read_long_csv(f, label_col="label").ids == ["a", "b"]
+
+
+def test_read_long_csv_latin1_file_names_file_line_and_fix(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("id,time,x,label\na,0,1,caf\u00e9\nb,0,1,th\u00e9\n".encode("latin-1"))
+    with pytest.raises(
+        ValueError,
+        match=r"latin\.csv line 2: the file is not UTF-8 .*b'\\xe9'.*iconv -f latin1 -t utf-8 latin\.csv > latin-utf8\.csv",
+    ):
+        read_long_csv(path, label_col="label")
+    with (
+        open(path, encoding="utf-8", newline="") as f,
+        pytest.raises(ValueError, match=r"latin\.csv line 2: the file is not UTF-8"),
+    ):
+        read_long_csv(f, label_col="label")
+    with open(path, encoding="latin-1", newline="") as f:  # the remedy the message names
+        assert read_long_csv(f, label_col="label").classes == ["caf\u00e9", "th\u00e9"]
+
+
+def test_read_long_csv_oversized_field_names_file_line_and_fix(tmp_path):
+    path = tmp_path / "quote.csv"
+    path.write_text('id,time,x\na,0,1\nb,0,"' + "9" * 200_000 + "\nc,0,1\n")
+    with pytest.raises(
+        ValueError,
+        match=r"quote\.csv line 3: the CSV reader failed \(field larger than field limit \(131072\)\); .*"
+        r"without its closing quote",
+    ):
+        read_long_csv(path)
+
+
+def test_check_classes():
+    one = [IrregularSeries(torch.zeros(1, dtype=torch.float64), torch.zeros(1, 1), 3)] * 2
+    with pytest.raises(
+        ValueError, match=r"loader: here: all 2 series have the same label 'd'; .*two classes .*; do this"
+    ):
+        check_classes(one, "loader", "here", names=["a", "b", "c", "d"], fix="do this")
+    check_classes([s._replace(label=None) for s in one], "loader", "here")  # unlabelled: nothing to check
+    check_classes(one + [one[0]._replace(label=0)], "loader", "here")
 
 
 # --- standardize ------------------------------------------------------------------------------------

@@ -140,3 +140,16 @@ def test_load_co2(no_network):
     batch = pad_series([co2])
     assert int(batch.lengths[0]) == 2284 - 59 and (batch.times.diff(dim=1) > 0).all()
     assert float(batch.times.diff(dim=1).max()) > 1.0  # the gaps remain as gaps in time
+
+
+def test_loader_refuses_labels_of_one_class(monkeypatch):
+    import dreamode.datasets._japanese_vowels as jv
+
+    arrays = dict(jv._arrays())
+    arrays["labels"] = arrays["labels"] * 0  # a damaged data file: every utterance by speaker 0
+    monkeypatch.setattr(jv, "_arrays", lambda: arrays)
+    with pytest.raises(ValueError, match=r"load_japanese_vowels: split 'test': all 370 series have the same label 0"):
+        load_dataset("japanese_vowels", split="test")
+    for split in ("train", "test", "all"):  # the shipped file: nine speakers in every split
+        monkeypatch.undo()
+        assert len({s.label for s in load_japanese_vowels(split)}) == 9

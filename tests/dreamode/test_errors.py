@@ -363,3 +363,87 @@ def test_state_on_another_device(model, x):
     _, state = model(x)
     with pytest.raises(ValueError, match=r"state.h is on cuda:0, but the model is on cpu"):
         model(x, state.to("cuda"))
+
+
+# -- reliability: float32 times, integer x, a huge state ---------------------------------------
+
+UNIX = 1.7e9  # seconds since 1970, late 2023
+
+
+def _unix_times(gap: float, n: int = 6) -> torch.Tensor:
+    return (UNIX + gap * torch.arange(n, dtype=F64)).unsqueeze(0)
+
+
+def test_float32_unix_times_refused_not_silently_rounded():
+    x = torch.randn(1, 6, I, dtype=F64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    model = DREAM(I, H, R, dtype=F64, solver="ltc-fused")
+    t32 = _unix_times(200.0).float()
+    # the damage the check is for: float32's spacing at 1.7e9 is 128 s, so 200 s gaps do not survive
+    assert set(t32.double().diff().flatten().tolist()) == {128.0, 256.0}
+    with pytest.raises(
+        ValueError, match=r"times is torch.float32, too coarse .* spacing at \|times\| = 1\.7e\+09 is 128"
+    ):
+        model(x, times=t32)
+    # the remedies the message names both work and agree with the exact float64 times
+    out64, _ = model(x, times=_unix_times(200.0))
+    shifted = (_unix_times(200.0) - UNIX).float()
+    out_shifted, _ = model(x, times=shifted, t0=-0.1)
+    assert torch.allclose(out_shifted, out64, rtol=0, atol=1e-12)
+
+
+def test_float32_times_that_collapse_blame_the_precision(model):
+    x = torch.randn(1, 6, I, dtype=F64)
+    t32 = _unix_times(0.1).float()
+    assert bool((t32.diff() == 0).all())  # six distinct times became one value
+    with pytest.raises(
+        ValueError, match=r"strictly increasing.*\(times is torch.float32, whose spacing at 1\.7e\+09 is 128"
+    ):
+        model(x, times=t32)
+
+
+def test_float32_times_of_ordinary_size_still_accepted(model, x):
+    times = torch.cumsum(torch.full((B, T), 0.1), dim=1)  # float32, up to 1.0: rounding ~1e-7 of a gap
+    out, _ = model(x, times=times)
+    out64, _ = model(x, times=times.double())
+    assert torch.equal(out, out64)
+
+
+def test_float32_series_times_refused_by_the_data_tools():
+    from dreamode.data import pad_series
+
+    times = _unix_times(200.0)[0]
+    with pytest.raises(ValueError, match=r"pad_series: series\[0\] times is torch.float32, too coarse"):
+        pad_series([(times.float(), torch.zeros(6, 1), 0)])
+    with pytest.raises(ValueError, match=r"series\[0\] times is torch.float32, too coarse"):
+        pad_series([(times.numpy().astype("float32"), torch.zeros(6, 1), 0)])
+    with pytest.raises(ValueError, match=r"strictly increasing.*spacing at 1\.7e\+09 is 128"):
+        pad_series([(_unix_times(0.1)[0].float(), torch.zeros(6, 1), 0)])
+    assert pad_series([(times, torch.zeros(6, 1), 0)]).times[0].diff().eq(200.0).all()
+
+
+def test_integer_x_asks_to_convert_x_not_the_model(model):
+    with pytest.raises(
+        TypeError, match=r"x has dtype torch.int64.*convert x to a floating dtype: x.to\(torch.float64\)"
+    ) as info:
+        model(torch.ones(B, T, I, dtype=torch.int64))
+    assert "model.to" not in str(info.value)
+    with pytest.raises(TypeError, match=r"x.to\(torch.float32\) \(or x.float\(\)\)"):
+        DREAM(I, H, R)(torch.ones(B, T, I, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_huge_state_is_blamed_not_the_inputs(num_layers):
+    from solvers import SolverError
+
+    torch.manual_seed(0)
+    model = DREAM(I, H, R, num_layers=num_layers)  # float32: squares overflow beyond 1.8e19
+    x = torch.randn(B, T, I)
+    _, state = model(x)
+    label = "state" if num_layers == 1 else r"state\[0\]"
+    if num_layers == 1:
+        state = state._replace(h=torch.full_like(state.h, 1e30))
+    else:
+        state[0] = state[0]._replace(h=torch.full_like(state[0].h, 1e30))
+    with pytest.raises(SolverError, match=rf"Likely cause: the state passed in: {label}\.h \(up to 1e\+30\)"):
+        model(x, state)
