@@ -18,7 +18,6 @@ the same ``--batch-size``.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -38,7 +37,16 @@ from ._progress import progress as progress_bar
 from ._rundir import RunLock, check_writable, checkpoint_run_id, foreign_files, new_run_id
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
 from .classify import SequenceClassifier, TrainingDivergedError, count_parameters
-from .data import IrregularBatch, IrregularSeries, drop_observations, pad_series, read_long_csv, standardize
+from .data import (
+    IrregularBatch,
+    IrregularSeries,
+    check_classes,
+    drop_observations,
+    pad_series,
+    read_csv_header,
+    read_long_csv,
+    standardize,
+)
 from .data._time import median_gap
 from .datasets import available_datasets, load_dataset
 from .forecast import Forecaster, forecast_errors, persistence_errors
@@ -117,10 +125,11 @@ class Splits:
 # -- data -----------------------------------------------------------------------------------
 
 
+_ONE_CLASS_FIX = "use more series (--max-series), or data whose series carry at least two labels"
+
+
 def _csv_has_column(path: Path, column: str) -> bool:
-    with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
-    return column in [h.strip() for h in header]
+    return column in read_csv_header(path)
 
 
 def _load_series(s: FitSettings) -> tuple[list[IrregularSeries], list[IrregularSeries] | None]:
@@ -194,6 +203,8 @@ def load_splits(s: FitSettings) -> Splits:
         raise ValueError(f"--data: too little data to form train/validation/test sets from {s.data!r}")
     if s.max_series is not None:
         train = train[: s.max_series]
+    if task == "classify":
+        check_classes(train, "dreamode fit", f"the training split of {s.data!r}", fix=_ONE_CLASS_FIX)
     if s.drop:
         train, val, test = (drop_observations(p, s.drop, seed=s.seed + k) for k, p in enumerate((train, val, test)))
     train, val, test = standardize(train, val, test)

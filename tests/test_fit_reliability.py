@@ -152,3 +152,35 @@ def test_model_spec_and_settings_carry_no_run_identity():
     # the identity lives beside the settings, so that resuming compares settings only
     s = FitSettings(**TINY, epochs=1)
     assert "run_id" not in model_spec(s, load_splits(s))
+
+
+def _long_csv(path, labels, encoding="utf-8", text_label=False):
+    """A long-format CSV of ``len(labels)`` series of 4 observations each."""
+    lines = ["id,time,x,label"]
+    for i, lab in enumerate(labels):
+        lines += [f"{i},{t * 0.5},{(i + t) % 3 - 1.0},{lab}" for t in range(4)]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def test_a_training_split_of_one_class_is_refused(tmp_path):
+    data = _long_csv(tmp_path / "d.csv", ["a", "b"] * 10)
+    with pytest.raises(ValueError, match=r"training split.*same label|one class"):  # one series: one class
+        load_splits(FitSettings(data=str(data), task="classify", max_series=1))
+
+
+def test_a_file_of_one_class_is_refused(tmp_path):
+    data = _long_csv(tmp_path / "d.csv", ["a"] * 20)
+    with pytest.raises(ValueError, match=r"all 20 series have the same label 'a'.*at least two classes"):
+        load_splits(FitSettings(data=str(data), task="classify"))
+
+
+def test_fit_reads_a_csv_with_a_byte_order_mark(tmp_path):
+    data = _long_csv(tmp_path / "d.csv", ["a", "b"] * 10, encoding="utf-8-sig")
+    splits = load_splits(FitSettings(data=str(data), task="auto"))
+    assert splits.task == "classify" and splits.num_classes == 2
+
+
+def test_cli_fit_on_a_latin1_csv_is_one_line_naming_file_line_and_fix(tmp_path):
+    data = _long_csv(tmp_path / "d.csv", ["a", "é"] * 10, encoding="latin-1")
+    one_line_error(dreamode("fit", "--data", str(data), "--out", str(tmp_path / "o")), "d.csv", "not UTF-8", "iconv")
