@@ -10,7 +10,7 @@ Generic over any vector field ``f(t, y)``; it knows nothing about DREAM.
 
 from . import _fixed, _scipy, _torchdiffeq  # noqa: F401  (importing registers the methods)
 from ._base import Solution, Solver, Stats
-from ._errors import SolverError
+from ._errors import SolverError, StiffStepWarning
 from ._fixed import FixedStepSolver, rk_step
 from ._registry import SolverEntry, available, get, register
 from ._scipy import ScipySolver
@@ -27,6 +27,7 @@ __all__ = [
     "SolverEntry",
     "SolverError",
     "Stats",
+    "StiffStepWarning",
     "TorchdiffeqSolver",
     "available",
     "get",

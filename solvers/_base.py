@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -93,6 +94,65 @@ def check_field_output(name: str, out: object, y: State) -> None:
             )
         if not o.is_floating_point():
             raise TypeError(f"{name}: f(t, y)[{i}] must be floating point, got {o.dtype}")
+
+
+def _first_bad(parts: State) -> tuple[int, tuple[int, ...], float] | None:
+    """``(component, index, value)`` of the first NaN/inf entry of ``parts``, or ``None``."""
+    for i, p in enumerate(parts):
+        bad = ~torch.isfinite(p.detach())
+        if bool(bad.any()):
+            idx = tuple(int(v) for v in bad.nonzero()[0].tolist())
+            return i, idx, float(p.detach()[idx]) if idx else float(p.detach())
+    return None
+
+
+def _label(name: str, parts: State, comp: int, idx: tuple[int, ...]) -> str:
+    """``"f(t, y)[1] ... index (0, 3)"`` pieces: the component (when a tuple) and the entry."""
+    label = name if len(parts) == 1 else f"{name}[{comp}]"
+    return f"{label}, first at index {idx}," if idx else f"{label},"
+
+
+def largest_abs(parts: State) -> float:
+    """Largest ``|value|`` over a tuple of tensors (one host sync); 0 for empty tensors."""
+    sizes = [p.detach().abs().max().double() for p in parts if p.numel()]
+    return float(torch.stack(sizes).max()) if sizes else 0.0
+
+
+def nonfinite_field_message(name: str, t: float, out: State, y: State, advice: str = "") -> str | None:
+    """Why ``f(t, y) -> out`` is not finite, naming the time and the first bad entry; ``None`` if it is.
+
+    A finite ``y`` means ``f`` itself produced the NaN/inf (an inf: usually overflow of a solution
+    that blows up); otherwise the state had already overflowed. ``advice`` ends the message.
+    """
+    bad_out = _first_bad(out)
+    if bad_out is None:
+        return None
+    bad_y = _first_bad(y)
+    if bad_y is None:
+        comp, idx, value = bad_out
+        where = f"in {_label('f(t, y)', out, comp, idx)} while the state y was finite, largest |y| {largest_abs(y):.3g}"
+        if math.isnan(value):
+            cause = "check f for an invalid operation there (0/0, inf - inf, log or sqrt of a negative number)"
+        else:
+            cause = "f overflowed: the solution may blow up near there (or check f for a division by zero)"
+        return f"{name}: f(t, y) returned {value} at t={t:.6g} ({where}): {cause}{advice}"
+    comp, idx, value = bad_y
+    return (
+        f"{name}: the state became {value} near t={t:.6g} (in {_label('y', y, comp, idx)} where f was called): "
+        f"the solution blows up there{advice or '; if the exact solution is finite, the steps are unstable: use a stiff method (scipy-Radau, scipy-BDF)'}"
+    )
+
+
+ADAPTIVE_MAX_STEPS = 100_000
+FIXED_MAX_STEPS = 1_000_000
+
+
+def step_budget(name: str, options: Mapping[str, Any], default: int, t: Tensor) -> int:
+    """The ``max_num_steps`` of a solve: the option, else ``default`` plus one per output interval."""
+    value = options.get("max_num_steps", default + max(len(t) - 1, 0))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: options['max_num_steps'] must be a positive int, got {value!r}")
+    return value
 
 
 def first_nonfinite(ys: State, t: Tensor) -> tuple[int, float] | None:

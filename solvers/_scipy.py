@@ -10,7 +10,16 @@ import scipy.integrate
 import torch
 from torch import Tensor
 
-from ._base import Solver, State, Stats, TupleField, check_field_output
+from ._base import (
+    ADAPTIVE_MAX_STEPS,
+    Solver,
+    State,
+    Stats,
+    TupleField,
+    check_field_output,
+    nonfinite_field_message,
+    step_budget,
+)
 from ._errors import SolverError
 from ._flat import Flattener
 from ._registry import register
@@ -22,11 +31,13 @@ class ScipySolver(Solver):
     ``f`` is called with tensors of ``y0``'s dtypes and device (give it float64 parameters for a
     float64 reference). Error control is over the whole flattened state, so samples of a batch
     share step sizes (results agree to the tolerance, not bit for bit, with solo solves).
-    Options: ``first_step``, ``max_step``, and ``min_step`` for LSODA.
+    Options: ``first_step``, ``max_step``, ``min_step`` for LSODA, and ``max_num_steps``: the most
+    accepted steps of the whole solve (default 100,000 plus one per output interval; more raise
+    `SolverError`; scipy's rejected steps are not reported to us).
     """
 
     method: ClassVar[str] = ""
-    options: ClassVar[frozenset[str]] = frozenset({"first_step", "max_step"})
+    options: ClassVar[frozenset[str]] = frozenset({"first_step", "max_step", "max_num_steps"})
 
     def integrate(
         self,
@@ -43,6 +54,7 @@ class ScipySolver(Solver):
     ) -> tuple[State, Stats]:
         if len(t) == 1:  # solve_ivp cannot integrate over an empty span
             return tuple(y.detach()[None] for y in y0), Stats(nfe=0)
+        budget = step_budget(self.name, options, ADAPTIVE_MAX_STEPS, t)
         flat = Flattener(y0)
         device = y0[0].device
         checked = False
@@ -62,15 +74,37 @@ class ScipySolver(Solver):
             if not np.isfinite(dy).all():
                 # LSODA retries forever on an inf derivative (y' = y**2 past its blow-up hangs), so stop here.
                 raise SolverError(
-                    f"{self.name}: f(t, y) returned NaN/inf at t={ti:.6g}; the solution may blow up there"
+                    nonfinite_field_message(self.name, ti, out, yt) or f"{self.name}: f(t, y) is not finite"
                 )
             return dy
 
         grid = t.detach().cpu().double().numpy()
         y_np = flat.flatten(y0).detach().cpu().double().numpy()
+        steps = -1  # solve_ivp evaluates an event once at the start and once after every step
+
+        def count_steps(ti: float, y: np.ndarray) -> float:
+            nonlocal steps
+            steps += 1
+            if steps > budget:
+                raise SolverError(
+                    f"{self.name}: max_num_steps={budget} reached near t={ti:.6g}; loosen rtol/atol, raise "
+                    "options={'max_num_steps': ...}, or use a stiff method ('scipy-Radau', 'scipy-BDF') if the "
+                    f"problem is stiff there (integrating from t={grid[0]:.6g} to t={grid[-1]:.6g})"
+                )
+            return 1.0  # never crosses zero: no event is ever located
+
+        kwargs = {k: v for k, v in options.items() if k != "max_num_steps"}
         with torch.no_grad():
             sol = scipy.integrate.solve_ivp(
-                fun, (grid[0], grid[-1]), y_np, method=self.method, t_eval=grid, rtol=rtol, atol=atol, **options
+                fun,
+                (grid[0], grid[-1]),
+                y_np,
+                method=self.method,
+                t_eval=grid,
+                rtol=rtol,
+                atol=atol,
+                events=count_steps,
+                **kwargs,
             )
         if sol.status != 0:
             # sol.t holds only the t_eval points passed, so the last time f was called is where it failed.
@@ -112,4 +146,4 @@ class ScipyLSODA(ScipySolver):
     """scipy's LSODA: Adams (order up to 12) / BDF (up to 5) with automatic stiffness switching, no gradients."""
 
     method = "LSODA"
-    options: ClassVar[frozenset[str]] = frozenset({"first_step", "max_step", "min_step"})
+    options: ClassVar[frozenset[str]] = frozenset({"first_step", "max_step", "min_step", "max_num_steps"})

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._base import Solution, Solver, first_nonfinite
-from ._errors import SolverError
+from ._errors import SolverError, closest_name
 from ._registry import SolverEntry, get
 
 Field = Callable[[Tensor, Any], Any]
@@ -41,7 +41,9 @@ def solve(
         atol: absolute tolerance of adaptive methods.
         step_size: fixed-step methods only: the longest step; each interval of ``t`` is split into
             the fewest equal substeps not longer than it. ``None``: one step per interval.
-        options: method-specific options; unknown names are an error.
+        options: method-specific options; unknown names are an error. Every method takes
+            ``max_num_steps``, the most steps of the solve (default: 100,000 for adaptive methods,
+            1,000,000 for fixed-step ones, plus one per output interval); more raise `SolverError`.
         adjoint_params: with ``adjoint=True``, tensors ``f`` closes over that need gradients
             (the parameters of ``f`` are included automatically when ``f`` is an ``nn.Module``).
 
@@ -50,7 +52,12 @@ def solve(
 
     Raises:
         ValueError, TypeError: invalid arguments (the message names the argument).
-        SolverError: the solve failed (step-size underflow, too many steps, NaN/inf), with the time.
+        SolverError: the solve failed (step-size underflow, too many steps, NaN/inf), with the time;
+            a NaN/inf returned by ``f`` is reported with its time and entry.
+
+    Warns:
+        StiffStepWarning: a fixed-step solution grew more than a million-fold and halving the
+            step changes it: the step is too long (unstable) for the problem.
     """
     entry, solver = _resolve(method)
     name = entry.name if entry else type(solver).__name__
@@ -62,7 +69,11 @@ def solve(
     unknown = sorted(set(opts) - set(solver.options))
     if unknown:
         valid = ", ".join(sorted(solver.options)) or "none"
-        raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; valid options: {valid}")
+        hints = {n: closest_name(n, solver.options) for n in unknown}
+        hint = "; ".join(f"did you mean {c!r} for {n!r}?" for n, c in hints.items() if c is not None)
+        raise ValueError(
+            f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; {hint + ' ' if hint else ''}valid options: {valid}"
+        )
     _check_tolerances(where, rtol, atol)
     adaptive = entry.adaptive if entry else False
     if step_size is not None:

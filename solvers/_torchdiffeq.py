@@ -2,46 +2,85 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torchdiffeq
 from torch import Tensor, nn
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_METHODS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
-from ._base import Solver, State, Stats, TupleField, check_field_output
-from ._errors import SolverError
+from ._base import (
+    ADAPTIVE_MAX_STEPS,
+    Solver,
+    State,
+    Stats,
+    TupleField,
+    check_field_output,
+    nonfinite_field_message,
+    step_budget,
+)
+from ._errors import SolverError, unknown_name_message
 from ._flat import Flattener
 from ._registry import register
 
 _ADJOINT_OPTIONS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"})
-_DEFAULT_MAX_STEPS = 100_000
 
 
 class _FlatField(nn.Module):
     """``f`` seen by torchdiffeq: one flat tensor in and out; counts evaluations and steps."""
 
-    def __init__(self, f: TupleField, flat: Flattener, name: str) -> None:
+    def __init__(self, f: TupleField, flat: Flattener, name: str, budget: int, span: tuple[float, float]) -> None:
         super().__init__()
         # Registering f as a submodule (when it is one) keeps its parameters visible to the adjoint.
         self.f = f
         self.flat = flat
         self.name = name
+        self.budget = budget
+        self.span = span
         self.nfe = 0
         self.accepted = 0
         self.rejected = 0
-        self.last_t = float("nan")
+        # The last evaluations (t, y, f(t, y)), looked at only when the solve fails: no host sync
+        # per evaluation. 32 spans the last two step attempts of every method here.
+        self.recent: deque[tuple[Tensor, State, State]] = deque(maxlen=32)
         self._checked = False
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.nfe += 1
-        self.last_t = float(t.detach())
         yt = self.flat.unflatten(y)
         out = self.f(t, yt)
         if not self._checked:
             check_field_output(self.name, out, yt)
             self._checked = True
+        self.recent.append((t.detach(), yt, out))
         return self.flat.flatten(out)
+
+    @property
+    def last_t(self) -> float:
+        """Time of the last evaluation of ``f`` (NaN before the first)."""
+        return float(self.recent[-1][0]) if self.recent else float("nan")
+
+    def nonfinite(self) -> str | None:
+        """Where ``f`` first returned NaN/inf among the recent evaluations, or ``None``."""
+        for t, y, out in self.recent:
+            msg = nonfinite_field_message(self.name, float(t), out, y)
+            if msg is not None:
+                return msg
+        return None
+
+    def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        """Called before every step attempt: stop when the step budget is spent."""
+        if self.accepted + self.rejected >= self.budget:
+            a, b = self.span
+            raise SolverError(
+                f"{self.name}: max_num_steps={self.budget} reached near t={float(t0.detach()):.6g}; loosen rtol/atol, raise "
+                "options={'max_num_steps': ...}, or use a stiff method ('scipy-Radau', 'scipy-BDF') if the problem "
+                f"is stiff there (integrating from t={a:.6g} to t={b:.6g}: {self.accepted} steps accepted, "
+                f"{self.rejected} rejected, the last step size {abs(float(dt.detach())):.3g})"
+            )
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted += 1
@@ -56,8 +95,9 @@ class TorchdiffeqSolver(Solver):
     Every output time of ``t`` is a step end (passed as torchdiffeq's ``step_t`` unless given),
     so outputs never come from torchdiffeq's dense interpolant.
 
-    Options: torchdiffeq's adaptive options (``first_step``, ``max_num_steps`` (default
-    100,000 here), ``min_step``, ``max_step``, ``safety``, ``ifactor``, ``dfactor``, ``jump_t``,
+    Options: ``max_num_steps``, the most steps (accepted + rejected) of the whole solve (default
+    100,000 plus one per output interval; more raise `SolverError`), torchdiffeq's adaptive
+    options (``first_step``, ``min_step``, ``max_step``, ``safety``, ``ifactor``, ``dfactor``, ``jump_t``,
     ``step_t``, ``norm``) and, with ``adjoint=True``, ``adjoint_rtol``, ``adjoint_atol``,
     ``adjoint_method``, ``adjoint_options``.
     """
@@ -94,9 +134,19 @@ class TorchdiffeqSolver(Solver):
         adjoint_params: Sequence[Tensor],
     ) -> tuple[State, Stats]:
         flat = Flattener(y0)
-        func = _FlatField(f, flat, self.name)
+        budget = step_budget(self.name, options, ADAPTIVE_MAX_STEPS, t)
+        adjoint_method = options.get("adjoint_method", self.name)
+        if adjoint_method not in _TORCHDIFFEQ_METHODS:
+            raise ValueError(
+                f"{self.name}: options['adjoint_method']: "
+                + unknown_name_message("method", adjoint_method, _TORCHDIFFEQ_METHODS)
+            )
+        t0, t1 = t[[0, -1]].tolist()
+        func = _FlatField(f, flat, self.name, budget, (t0, t1))
         solver_options = {k: v for k, v in options.items() if k not in _ADJOINT_OPTIONS}
-        solver_options.setdefault("max_num_steps", _DEFAULT_MAX_STEPS)
+        # The budget counts steps over the whole solve (func.callback_step); torchdiffeq's own
+        # count restarts at every output time and only backs it up (and bounds the adjoint's solve).
+        solver_options["max_num_steps"] = budget + 1
         if "step_t" not in solver_options and len(t) > 1:
             # Make every output time a step end, the last one included (torchdiffeq otherwise steps
             # past t[-1] and interpolates back): its dense output is of low order for several
@@ -115,15 +165,17 @@ class TorchdiffeqSolver(Solver):
             # gradient twice, once per occurrence.
             kwargs["adjoint_params"] = tuple({id(p): p for p in params + tuple(adjoint_params)}.values())
             kwargs.update({k: v for k, v in options.items() if k in _ADJOINT_OPTIONS})
-            if "adjoint_options" not in kwargs and kwargs.get("adjoint_method", self.name) != self.name:
-                kwargs["adjoint_options"] = {}
+            if "adjoint_options" not in kwargs and adjoint_method != self.name:
+                adaptive = issubclass(_TORCHDIFFEQ_METHODS[adjoint_method], RKAdaptiveStepsizeODESolver)
+                kwargs["adjoint_options"] = {"max_num_steps": budget + 1} if adaptive else {}
             odeint = torchdiffeq.odeint_adjoint
         else:
             odeint = torchdiffeq.odeint
         try:
             ys_flat = odeint(func, flat.flatten(y0), t, **kwargs)
         except AssertionError as err:  # torchdiffeq signals solver failure with assert
-            raise SolverError(_explain(self.name, str(err), func.last_t, solver_options["max_num_steps"])) from None
+            # A NaN/inf from f makes torchdiffeq reject the step and then fail on a NaN step size.
+            raise SolverError(func.nonfinite() or _explain(self.name, str(err), func.last_t, budget)) from None
         steps = func.accepted + func.rejected
         stats = Stats(nfe=func.nfe, steps=steps, accepted=func.accepted, rejected=func.rejected)
         return flat.unflatten(ys_flat, lead=(len(t),)), stats

@@ -33,6 +33,8 @@ def run(ref, x, dt, **kwargs):
 FIXED = [n for n in solvers.available() if solvers.get(n).backend == "solvers"]
 
 
+# The coarsest steps pass the stability limit 2·tau_min on purpose (the field is smooth there).
+@pytest.mark.filterwarnings("ignore::dreamode.StiffStepWarning")
 @pytest.mark.parametrize("method", FIXED)
 def test_fixed_step_solutions_converge_to_dopri5_with_their_order(problem, method):
     ref, x, dt, out_ref, state_ref = problem
@@ -81,6 +83,7 @@ def test_hold_input_jumps_are_step_boundaries(problem):
         torch.testing.assert_close(sol.ys[0][1:, 0], out_ref[b], rtol=0, atol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore::dreamode.StiffStepWarning")
 def test_stats_count_every_evaluation(problem):
     ref, x, dt, *_ = problem
     (_, _), m = run(ref, x, dt, solver="rk4", max_step=0.1)
@@ -89,3 +92,62 @@ def test_stats_count_every_evaluation(problem):
     assert m.solve_stats[0].nfe == int(4 * n_max.sum())
     (_, _), m = run(ref, x, dt, solver="dopri5")
     assert m.solve_stats[0].nfe > 0 and m.solve_stats[0].steps > 0
+
+
+# --- silent failures of adaptive solves (reliability issue) ---------------------------------------
+
+LONG_GAP = torch.tensor([[0.5, 1000.0]], dtype=F64)  # a gap of 10^4 tau_min: stiff for explicit methods
+
+
+@pytest.mark.parametrize("method", ["dopri5", "scipy-RK45"])
+def test_adaptive_step_budget_names_the_gap(method):
+    m = DREAM(3, 4, rank=2, solver=method, solver_options={"max_num_steps": 30}, **SMOOTH)
+    x = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with (
+        pytest.raises(
+            solvers.SolverError,
+            match=r"DREAM: the solve of step 1 .*max_num_steps=30 reached near t=.*The longest gap of this step is "
+            r"1000 time units, .* times this field's explicit stability limit .*solver='ltc-fused'",
+        ),
+        torch.no_grad(),
+    ):
+        m(x, dt=LONG_GAP)
+
+
+def test_adaptive_solves_get_a_step_budget_by_default(monkeypatch):
+    import dreamode._integrate
+
+    monkeypatch.setattr(dreamode._integrate, "MAX_STEPS_PER_OBSERVATION", 30)  # the default, made small
+    m = DREAM(3, 4, rank=2, solver="dopri5", **SMOOTH)
+    x = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(solvers.SolverError, match=r"dopri5: max_num_steps=30 reached near t="), torch.no_grad():
+        m(x, dt=LONG_GAP)
+    with torch.no_grad():  # an ordinary gap stays well within it
+        m(x, dt=torch.tensor([[0.5, 0.5]], dtype=F64))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "scipy-RK45"])
+def test_nan_from_the_field_names_the_state_component(method):
+    from dreamode._field import DREAMField
+    from dreamode._integrate import Integrator, integrate_layer
+
+    m = DREAM(3, 4, rank=2, solver=method, **SMOOTH)
+    field: DREAMField = m.fields[0]
+    with torch.no_grad():
+        field.eta[1] = float("nan")
+    x = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with (
+        pytest.raises(
+            solvers.SolverError,
+            match=rf"DREAM: the solve of step 0 .*{method}: f\(t, y\) returned nan at t=0 \(in f\(t, y\)\[\d\], .*"
+            r"\(the state's components: \[0\] h, ",
+        ),
+        torch.no_grad(),
+    ):
+        integrate_layer(field, Integrator(method), x, torch.full((1, 2), 0.5, dtype=F64), None, field.initial_state(1))
+
+
+@pytest.mark.parametrize(("wrong", "right"), [("RK4", "rk4"), ("Dopri5", "dopri5"), ("LTC-Fused", "ltc-fused")])
+def test_misspelled_solver_gets_a_suggestion(wrong, right):
+    with pytest.raises(ValueError, match=rf"unknown solver '{wrong}'; did you mean '{right}'\?"):
+        DREAM(3, 4, rank=2, solver=wrong)
