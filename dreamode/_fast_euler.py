@@ -853,14 +853,29 @@ def run_sequence(
     return out, DREAMState(h, U, Ut, em, ev, as_, at)
 
 
+def variance_stays_nonnegative(f: DREAMField, z: DREAMState, dt: Tensor) -> bool:
+    """Whether the fused loops compute the field's rule for steps ``dt`` from state ``z``.
+
+    The loops read ``error_var`` as it is; the field reads ``max(error_var, 0)``. The two agree
+    while ``error_var`` stays >= 0: it does from a state with ``error_var >= 0`` when every Euler
+    step of the running statistics has weight ``Δt·error_smoothing/time_step <= 1`` (a convex
+    combination). A longer step can overshoot below 0; such sequences take the generic path.
+    """
+    cfg = f.config
+    weight = float(dt.detach().max()) * cfg.error_smoothing / cfg.time_step if dt.numel() else 0.0
+    return weight <= 1.0 and not bool((z.error_var.detach() < 0).any())
+
+
 def step_applies(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> bool:
-    """Whether :func:`step` computes this single step: no gradient is needed (streaming inference)."""
+    """Whether :func:`step` computes this single step: no gradient is needed (streaming inference)
+    and the step keeps ``error_var`` >= 0 (:func:`variance_stays_nonnegative`)."""
     if not _enabled:
         return False
-    if not torch.is_grad_enabled():
-        return True
-    tensors = (*z, x, mask, dt, *_tensors_of(f))
-    return not any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        tensors = (*z, x, mask, dt, *_tensors_of(f))
+        if any(t is not None and t.requires_grad for t in tensors):
+            return False
+    return variance_stays_nonnegative(f, z, dt)
 
 
 def step(

@@ -192,7 +192,7 @@ def _adaptive_step(
         )
     except solvers.SolverError as err:
         msg = str(err)
-        gap, limit = float(dt.max()), explicit_step_limit(f)
+        gap, limit = float(dt.detach().max()), explicit_step_limit(f)
         if "max_num_steps" in msg and gap > limit:
             msg += (
                 f". The longest gap of this step is {gap:.4g} time units, {gap / limit:.3g} times this field's "
@@ -254,7 +254,7 @@ def _warn_if_stiff(f: DREAMField, integ: Integrator, substep: Tensor) -> None:
     """`StiffStepWarning` when an explicit method's longest sub-step passes the stability limit."""
     if integ.tableau is None:
         return
-    longest = float(substep.max())  # one host sync per sequence
+    longest = float(substep.detach().max())  # one host sync per sequence
     limit = explicit_step_limit(f)
     if longest > limit:
         warnings.warn(
@@ -286,7 +286,13 @@ def integrate_layer(
     T = x.shape[1]
     if integ.method == "euler" and integ.max_step is None:
         _warn_if_stiff(f, integ, dt)
-    if integ.method == "euler" and integ.max_step is None and not trace and _fast_euler.sequence_applies(f, mask):
+    if (
+        integ.method == "euler"
+        and integ.max_step is None
+        and not trace
+        and _fast_euler.sequence_applies(f, mask)
+        and _fast_euler.variance_stays_nonnegative(f, z, dt)
+    ):
         out, z = _fast_euler.run_sequence(f, x, dt, mask, z, interpolation)
         return out, z, None, SolveStats(nfe=T, steps=T, per_step_nfe=[1] * T)
     tab = integ.tableau

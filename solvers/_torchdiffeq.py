@@ -9,8 +9,6 @@ from typing import Any, ClassVar
 import torch
 import torchdiffeq
 from torch import Tensor, nn
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_METHODS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
 from ._base import (
     ADAPTIVE_MAX_STEPS,
@@ -26,6 +24,14 @@ from ._errors import SolverError, unknown_name_message
 from ._flat import Flattener
 from ._registry import register
 
+# torchdiffeq's method names (its public ``method=`` values, 0.2.x), for ``adjoint_method``; the
+# adaptive Runge-Kutta ones take ``max_num_steps``. Listed here rather than read from torchdiffeq's
+# private module.
+_TORCHDIFFEQ_ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+_TORCHDIFFEQ_METHODS = (
+    *_TORCHDIFFEQ_ADAPTIVE,
+    *("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"),
+)
 _ADJOINT_OPTIONS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"})
 
 
@@ -166,7 +172,7 @@ class TorchdiffeqSolver(Solver):
             kwargs["adjoint_params"] = tuple({id(p): p for p in params + tuple(adjoint_params)}.values())
             kwargs.update({k: v for k, v in options.items() if k in _ADJOINT_OPTIONS})
             if "adjoint_options" not in kwargs and adjoint_method != self.name:
-                adaptive = issubclass(_TORCHDIFFEQ_METHODS[adjoint_method], RKAdaptiveStepsizeODESolver)
+                adaptive = adjoint_method in _TORCHDIFFEQ_ADAPTIVE
                 kwargs["adjoint_options"] = {"max_num_steps": budget + 1} if adaptive else {}
             odeint = torchdiffeq.odeint_adjoint
         else:

@@ -15,7 +15,6 @@ import torch
 from reference import STATE_FIELDS, rel_dev
 from torch.func import functional_call
 
-import solvers
 from dreamode import DREAM, DREAMState
 from dreamode import _fast_euler as fe
 from dreamode import _fast_rk as frk
@@ -74,16 +73,6 @@ def counting() -> Iterator[dict[str, int]]:
 # Without fast weights: their homeostatic bound (rate up to homeostasis_rate = 10) is stiff at such steps.
 LONG_STEPS = dict(tau_min=5.0, ltc_tau_sys=5.0, fast_weights=False)
 LONG_DT_MAX = 3.0
-
-# A known engine bug, kept visible: the fused Euler loops (Python and C++) read error_var without the
-# generic path's max(error_var, 0), so once a long step's EMA overshoots below 0 they take the
-# square root and logarithm of a negative variance and the solve turns NaN, where the generic path
-# and the reference rule stay finite.
-LONG_STEP_NAN = pytest.mark.xfail(
-    strict=True,
-    raises=solvers.SolverError,
-    reason="engine bug: the fused Euler step does not read error_var as max(error_var, 0); NaN on long steps",
-)
 
 
 def data(
