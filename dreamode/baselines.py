@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._errors import unknown_name_message
 from .classify import prepare_batch
 from .data import IrregularBatch
 
@@ -153,7 +154,7 @@ BASELINES: dict[str, type[nn.Module]] = {"gru-dt": GRUDelta, "gru-d": GRUD, "lst
 def make_baseline(name: str, input_dim: int, num_classes: int, hidden_dim: int = 64, **kwargs: Any) -> nn.Module:
     """Build a baseline by name: ``"gru-dt"``, ``"gru-d"`` or ``"lstm-ffill"``."""
     if name not in BASELINES:
-        raise ValueError(f"make_baseline: expected name to be one of {sorted(BASELINES)}, got {name!r}")
+        raise ValueError("make_baseline: " + unknown_name_message("baseline", name, BASELINES))
     return BASELINES[name](input_dim, num_classes, hidden_dim, **kwargs)
 
 

@@ -6,10 +6,10 @@ Every loader returns a list of `dreamode.data.IrregularSeries` ``(times, values,
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import unknown_name_message
 from ..data import IrregularSeries
 from ._japanese_vowels import FRAME_SHIFT_MS, load_japanese_vowels
 from ._optional import load_co2, load_plaid
@@ -34,9 +34,7 @@ def load_dataset(name: str, **kwargs: Any) -> list[IrregularSeries]:
         ValueError: unknown name (the message lists the valid ones and the nearest match).
     """
     if name not in _LOADERS:
-        near = difflib.get_close_matches(str(name), list(_LOADERS), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"load_dataset: expected name to be one of {available_datasets()}, got {name!r}{hint}")
+        raise ValueError("load_dataset: " + unknown_name_message("data set", name, _LOADERS))
     return _LOADERS[name](**kwargs)
 
 

@@ -81,10 +81,9 @@ def test_bad_split():
 def test_available_and_load_dataset():
     assert available_datasets() == ["co2", "japanese_vowels", "plaid"]
     assert len(load_dataset("japanese_vowels", split="test")) == 370
-    with pytest.raises(
-        ValueError, match=r"expected name to be one of .* got 'japanese_vowel'; did you mean 'japanese_vowels'\?"
-    ):
-        load_dataset("japanese_vowel")
+    for typo in ("japanese_vowel", "JAPANESE_VOWELS", "japanese-vowels"):
+        with pytest.raises(ValueError, match=rf"unknown data set '{typo}'; did you mean 'japanese_vowels'\?"):
+            load_dataset(typo)
 
 
 def test_converter_reads_ts(tmp_path):
@@ -153,3 +152,10 @@ def test_loader_refuses_labels_of_one_class(monkeypatch):
     for split in ("train", "test", "all"):  # the shipped file: nine speakers in every split
         monkeypatch.undo()
         assert len({s.label for s in load_japanese_vowels(split)}) == 9
+
+
+def test_misspelt_baseline_gets_a_suggestion():
+    from dreamode.baselines import make_baseline
+
+    with pytest.raises(ValueError, match=r"unknown baseline 'GRU-D'; did you mean 'gru-d'\?"):
+        make_baseline("GRU-D", 3, 2)
