@@ -112,10 +112,11 @@ def test_cli_training_that_diverges_exits_2_with_the_cause(tmp_path):
 def test_train_classifier_raises_when_every_batch_fails():
     torch.manual_seed(0)
     model = classify.SequenceClassifier(3, 2, 8, 2)
-    # times in seconds given to a model whose time step is 1: every Euler step of 1e4 blows up
-    times = torch.arange(1, 6, dtype=torch.float64).expand(4, 5) * 1e4
-    x = torch.randn(4, 5, 3)
-    batch = IrregularBatch(x, times, torch.ones(4, 5, 3), torch.full((4,), 5), torch.tensor([0, 1, 0, 1]))
+    # times in seconds given to a model whose time step is 0.1: each Euler step of 1e4 multiplies h
+    # by about 1e4 (|1 - Δt/τ|), so ten of them overflow float32
+    times = torch.arange(1, 11, dtype=torch.float64).expand(4, 10) * 1e4
+    x = torch.randn(4, 10, 3)
+    batch = IrregularBatch(x, times, torch.ones(4, 10, 3), torch.full((4,), 10), torch.tensor([0, 1, 0, 1]))
     with (
         pytest.warns(StiffStepWarning, match="stability limit"),
         pytest.raises(classify.TrainingDivergedError, match=r"epoch 1: every training batch.*rescale the times"),
