@@ -23,8 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The parser with every subcommand."""
-    from .. import compare
-    from . import bench, fit_cmd, solvers_cmd
+    from . import bench, compare_cmd, fit_cmd, solvers_cmd
 
     parser = Parser(
         prog="dreamode",
@@ -36,7 +35,7 @@ def build_parser() -> Parser:
     _add_job(
         sub,
         "compare",
-        compare,
+        compare_cmd,
         help="one trained field through every discretisation (accuracy study)",
         description="Train the DREAM field once with the Euler rule, then run it through every solver.",
     )

@@ -352,6 +352,8 @@ def plan(args: argparse.Namespace) -> list[Case]:
 def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
+    from .._progress import progress
+
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes(args.batch, args.steps, args.input_dim, args.hidden_dim, args.rank)
@@ -393,42 +395,47 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
         native.build()
         report["native_build_seconds"] = round(native.build_seconds or 0.0, 3)
         log(f"bench: dreamode.native ready in {native.build_seconds:.1f} s")
+    quiet = getattr(args, "quiet", False)
     if not args.skip_timing and cases:
         models = {}
         inputs = {}
-        for c in cases:
-            models[c.name] = make_model(c.name, sizes, dtype, args.rtol, args.atol)
-            inputs[c.name] = _inputs(sizes, c.steps, dtype)
-            for _ in range(c.warmup):
-                _forward_once(models[c.name], inputs[c.name])
-                if not c.forward_only:
-                    _train_once(models[c.name], inputs[c.name])
+        with progress(cases, desc="warm-up", unit="model", quiet=quiet) as bar:
+            for c in bar:
+                models[c.name] = make_model(c.name, sizes, dtype, args.rtol, args.atol)
+                inputs[c.name] = _inputs(sizes, c.steps, dtype)
+                for _ in range(c.warmup):
+                    _forward_once(models[c.name], inputs[c.name])
+                    if not c.forward_only:
+                        _train_once(models[c.name], inputs[c.name])
         total = sum(c.repeats for c in cases)
         done = 0
-        for r in range(max(c.repeats for c in cases)):
-            for c in cases:
-                if r >= c.repeats:
-                    continue
-                fwd, x = models[c.name], inputs[c.name]
-                w, cpu = _timed(_forward_once, fwd, x)
-                c.forward_s.append(w)
-                c.forward_cpu_s.append(cpu)
-                train = ""
-                if not c.forward_only:
-                    w2, cpu2 = _timed(_train_once, fwd, x)
-                    c.train_s.append(w2)
-                    c.train_cpu_s.append(cpu2)
-                    train = f"   train {1e3 * w2:9.1f} ms"
-                done += 1
-                log(f"[{done}/{total}] {c.name:<22} T={c.steps:<5} forward {1e3 * w:9.1f} ms{train}")
+        with progress(total=total, desc="timing", unit="run", quiet=quiet) as bar:
+            for r in range(max(c.repeats for c in cases)):
+                for c in cases:
+                    if r >= c.repeats:
+                        continue
+                    fwd, x = models[c.name], inputs[c.name]
+                    w, cpu = _timed(_forward_once, fwd, x)
+                    c.forward_s.append(w)
+                    c.forward_cpu_s.append(cpu)
+                    train = ""
+                    if not c.forward_only:
+                        w2, cpu2 = _timed(_train_once, fwd, x)
+                        c.train_s.append(w2)
+                        c.train_cpu_s.append(cpu2)
+                        train = f"   train {1e3 * w2:9.1f} ms"
+                    done += 1
+                    bar.update(1)
+                    log(f"[{done}/{total}] {c.name:<22} T={c.steps:<5} forward {1e3 * w:9.1f} ms{train}")
         del models, inputs
     if not args.no_memory and not args.skip_timing:
         probed = [c for c in cases if not c.forward_only]
-        for k, c in enumerate(probed):
-            log(f"[memory {k + 1}/{len(probed)}] {c.name} (one training step in a new process)")
-            c.peak_mb, c.note = measure_memory(
-                c.name, sizes, c.steps, args.dtype, args.threads, args.rtol, args.atol, args.memory_timeout
-            )
+        with progress(probed, desc="memory", unit="probe", quiet=quiet) as bar:
+            for k, c in enumerate(bar):
+                log(f"[memory {k + 1}/{len(probed)}] {c.name} (one training step in a new process)")
+                c.peak_mb, c.note = measure_memory(
+                    c.name, sizes, c.steps, args.dtype, args.threads, args.rtol, args.atol, args.memory_timeout
+                )
     report["results"] = [] if args.skip_timing else summarize(cases, args.clock)
     for T in args.adjoint_memory or []:
         for name in ("dream-dopri5", "dream-dopri5-adjoint"):
@@ -689,12 +696,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--skip-timing", action="store_true", help="only the --adjoint-memory study")
     p.add_argument("--memory-timeout", type=_positive_float, default=1800.0, help="seconds per memory probe")
     p.add_argument("--out", default=None, help="write the report as JSON to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines (stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (stderr)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     if args.quick:
         args.steps = min(args.steps, 50)
         args.slow_steps = min(args.slow_steps, 10)
@@ -714,7 +723,8 @@ def run(args: argparse.Namespace) -> int:
 
     def log(msg: str) -> None:
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            # through tqdm, so that a progress bar on the terminal is redrawn below the line
+            tqdm.write(msg, file=sys.stderr)
 
     report = run_bench(args, log)
     print(format_table(report))
