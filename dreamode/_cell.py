@@ -21,7 +21,7 @@ _EULER = Integrator("euler")
 class DREAMCell(nn.Module):
     """One explicit Euler step of the DREAM field: ``h, state = cell(x_t, state, dt)``.
 
-    ``h_next = (1 - Δt/τ) h + (Δt/τ) h_target`` and the other updates of dream-math.md §3-4.
+    ``h_next = (1 - Δt/τ) h + (Δt/τ) h_target`` and the other updates of docs/dream-cell.md.
 
     Args:
         config: a `DREAMConfig`, or ``input_dim`` followed by ``hidden_dim``, ``rank`` and

@@ -2,7 +2,7 @@
 
 ``integrate_layer`` (``solver="euler"``, no ``max_step``, no trace) and single steps of
 ``DREAMCell`` without a gradient hand their work to this module. It computes the rule of
-dream-math.md §3-4 — the generic path is :meth:`DREAMField.evaluate` followed by ``z + Δt·f(z)``;
+docs/dream-cell.md — the generic path is :meth:`DREAMField.evaluate` followed by ``z + Δt·f(z)``;
 the two agree to rounding (tests/dreamode/test_fast_euler.py) — rearranged so that one step is a
 few dozen whole-batch tensor operations (docs/performance.md has the design note and timings):
 

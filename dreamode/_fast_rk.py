@@ -3,7 +3,7 @@
 ``integrate_layer`` hands a layer to :func:`run_sequence` for any fixed-step tableau other than
 ``euler`` (which has its own fused kernel, :mod:`._fast_euler`) when there is no ``max_step`` and
 no trace. It computes what the generic path computes — one step of the tableau per observation,
-the field of dream-math.md §3 at every stage, ``z + Δt·a·k`` between stages with the same
+the field of docs/dream-cell.md at every stage, ``z + Δt·a·k`` between stages with the same
 ``addcmul`` in the same order — rearranged (docs/performance.md has the design note):
 
 * the stage's field is the fused Euler step's arrangement (:func:`._fast_euler.scalar_maps`, the

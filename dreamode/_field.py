@@ -1,4 +1,4 @@
-"""``DREAMField``: the DREAM cell written once, as the ODE vector field of dream-math.md §3."""
+"""``DREAMField``: the DREAM cell written once, as the ODE vector field of docs/dream-cell.md."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class DREAMField(nn.Module):
     def initial_state(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> DREAMState:
-        """The initial state of dream-math.md §1 on this field's device and dtype."""
+        """The initial state of docs/dream-cell.md on this field's device and dtype."""
         cfg = self.config
         return DREAMState.initial(
             batch_size,

@@ -1,4 +1,4 @@
-"""Advance one DREAM layer over a sequence with any registered solver (dream-math.md §4-5).
+"""Advance one DREAM layer over a sequence with any registered solver (docs/dream-cell.md).
 
 Step ``i`` integrates over ``(t_{i-1}, t_i]`` and restarts the solver at every observation, so the
 jumps of a ``hold`` input never sit inside a step. Fixed-step methods step every sample with its

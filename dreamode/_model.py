@@ -63,7 +63,7 @@ class DREAMStack(nn.Module):
         batch_first: ``x`` is ``(B, T, I)`` (default) or ``(T, B, I)``; ``times``, ``dt`` and
             ``mask`` follow the same layout.
         solver: a name of `solvers.available`, or ``"ltc-fused"`` (semi-implicit LTC step).
-            ``"euler"`` with one step per observation is the seed's reference rule.
+            ``"euler"`` with one step per observation is the original DREAM-NN update rule.
         adjoint: backpropagate with the continuous adjoint (adaptive torchdiffeq solvers).
         rtol: relative tolerance of adaptive solvers.
         atol: absolute tolerance of adaptive solvers.

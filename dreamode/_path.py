@@ -1,4 +1,4 @@
-"""Input paths between observations (dream-math.md §5): hold, linear, cubic Hermite.
+"""Input paths between observations (docs/dream-cell.md): hold, linear, cubic Hermite.
 
 Step ``i`` integrates over ``(t_{i-1}, t_i]``; on it the path is written in the local variable
 ``u = (t - t_{i-1}) / Δt_i`` in ``[0, 1]``, which may differ per sample (per-sample sub-steps).

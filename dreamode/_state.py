@@ -50,7 +50,7 @@ class DREAMState(NamedTuple):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> DREAMState:
-        """The deterministic initial state of dream-math.md §1 (zeros, ``error_var = 1``, threshold)."""
+        """The deterministic initial state of docs/dream-cell.md (zeros, ``error_var = 1``, threshold)."""
         kw: dict[str, Any] = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         B, H, R, I = batch_size, hidden_dim, rank, input_dim
         return cls(

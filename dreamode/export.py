@@ -2,7 +2,7 @@
 
 ``DREAM.forward`` validates its arguments with data-dependent checks (one host sync each) and
 runs the Euler rule through a fused kernel with a hand-written backward; neither traces.
-`EulerProgram` computes the same function — the generic field of dream-math.md §3 and one
+`EulerProgram` computes the same function — the generic field of docs/dream-cell.md and one
 explicit Euler step ``z + Δt·f(z)`` per observation, the very operations of the library's generic
 Euler path — as a pure tensor program, and `export_euler` exports it:
 

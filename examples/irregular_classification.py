@@ -10,7 +10,7 @@ exact commands behind its table):
 
     python examples/irregular_classification.py --data plaid --epochs 40 --drop-rates 0 0.5 --out-dir docs/results
 
-Quick smoke run (seconds): ``python examples/irregular_classification.py --quick --out-dir /tmp/jv``.
+Quick smoke run (seconds): ``python examples/irregular_classification.py --quick --out-dir out/jv``.
 
 Protocol: the archive's train/test split (JapaneseVowels: UEA, 270/370 series, shipped with
 dreamode; PLAID: UCR, 537/537 series, from sktime's copy). PLAID series (100-1344 samples) are

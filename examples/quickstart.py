@@ -1,4 +1,4 @@
-"""The seed's quick start, verbatim in spirit: DREAM works like nn.LSTM.
+"""The quick start of the original DREAM-NN description: DREAM works like nn.LSTM.
 
 Run: python examples/quickstart.py
 """

@@ -1,4 +1,4 @@
-// The Euler rule of dream-math.md §3-4, fused per sample: dreamode.native's two operators.
+// The Euler rule of docs/dream-cell.md, fused per sample: dreamode.native's two operators.
 //
 // euler_forward runs the steps of one layer (optionally saving what the backward needs),
 // euler_backward the reverse loop of the hand-written backward. The arrangement is the default

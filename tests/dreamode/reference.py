@@ -3,7 +3,7 @@ docs/dream-cell.md ("The vector field", items 1-10).
 
 Nothing here calls ``dreamode``'s numerics: the parameters are read off a field as plain arrays
 (:func:`params_from_field`) and every equation of that page is written out again, per sample,
-with the Euler step in the seed's form
+with the Euler step in the original DREAM-NN form
 
     h_next = (1 - Δt/τ)·h + (Δt/τ)·h_target
 

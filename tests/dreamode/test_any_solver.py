@@ -1,4 +1,4 @@
-"""The same field through every kind of solver (issue 3, item 2)."""
+"""The same field through every kind of solver."""
 
 import numpy as np
 import pytest

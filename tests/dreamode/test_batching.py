@@ -1,4 +1,4 @@
-"""Issue 3, items 3, 4 and 7: per-sample independence, irregular time, streaming; state round trips.
+"""Per-sample independence, irregular time, streaming; state round trips.
 
 All in float64; "equal" means ``max|a − b| / max|b|`` ≤ 1e-12 per tensor (``reference.rel_dev``).
 """

@@ -408,7 +408,6 @@ def _gradients(model: DREAM, z: DREAMState, x, m, dt, fast: bool) -> list[torch.
 
 
 # the generic path reads max(dt) with dt requiring grad (its stiff-step check), as in test_fast_euler.py
-@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")
 @MASKS
 def test_the_fused_backward_equals_autograd_of_the_field(masked):
     """The hand-written backward of the fused Euler loop against autograd through the generic

@@ -1,4 +1,4 @@
-"""Issue 3, item 8: bad input gets a clear error naming the argument (messages pinned with match=)."""
+"""Bad input gets a clear error naming the argument (messages pinned with match=)."""
 
 from __future__ import annotations
 

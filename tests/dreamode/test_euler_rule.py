@@ -1,4 +1,4 @@
-"""Issue 3, item 1: the Euler path is the seed's rule (and ``ltc-fused`` the semi-implicit step).
+"""The Euler path is the original DREAM-NN update rule (and ``ltc-fused`` the semi-implicit step).
 
 ``DREAM(solver="euler")`` and ``DREAMCell`` in float64 are compared with an independent NumPy
 float64 re-computation of docs/dream-cell.md (``reference.py``). Criterion: for every compared tensor

@@ -1,4 +1,4 @@
-"""Gradients of the DREAM paths (issue 3, item 5)."""
+"""Gradients of the DREAM paths."""
 
 import torch
 from torch.func import functional_call

@@ -1,5 +1,4 @@
-"""The four mechanisms of the DREAM cell do what its description says, on constructed signals
-(issue 3, item 6).
+"""The four mechanisms of the DREAM cell do what its description says, on constructed signals.
 
 The regime-switch properties hold for every one of 4 initialisations × 32 patterns; their bounds
 follow from the equations (docs/dream-cell.md, "The vector field") and the default configuration
