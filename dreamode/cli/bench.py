@@ -673,9 +673,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "through dreamode.native's C++ kernels, compiled on first use (needs a C++ compiler)",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default: %(default)s)")
     p.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall", help="clock of the printed table (JSON has both)"
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="dtype of the inputs and weights (default: %(default)s)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="clock of the printed table; the JSON has both (default: %(default)s)",
     )
     p.add_argument("--quick", action="store_true", help="a smoke run: T=50, 2 repeats, 3 adaptive steps, no memory")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -684,18 +692,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         nargs="+",
         metavar="T",
-        help="also measure the peak memory of dopri5 direct and adjoint at these lengths (slow)",
+        help="also measure the peak memory of dopri5 direct and adjoint at these lengths (slow; default: none)",
     )
     p.add_argument(
         "--adjoint-memory-direct-max",
         type=_positive_int,
         default=None,
         metavar="T",
-        help="skip the direct (non-adjoint) probe above this length (it keeps every stage: GBs)",
+        help="skip the direct (non-adjoint) probe above this length, which keeps every stage: GBs (default: no limit)",
     )
     p.add_argument("--skip-timing", action="store_true", help="only the --adjoint-memory study")
-    p.add_argument("--memory-timeout", type=_positive_float, default=1800.0, help="seconds per memory probe")
-    p.add_argument("--out", default=None, help="write the report as JSON to this file")
+    p.add_argument(
+        "--memory-timeout", type=_positive_float, default=1800.0, help="seconds per memory probe (default: %(default)s)"
+    )
+    p.add_argument("--out", default=None, help="write the report as JSON to this file (default: none, the table only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (stderr)")
     p.set_defaults(func=run)
     return p

@@ -86,7 +86,7 @@ def add_arguments(p: Any) -> None:
         "--checkpoint",
         default=None,
         metavar="MODEL_PT",
-        help="model.pt of an earlier run, instead of training%(default).0s",
+        help="model.pt of an earlier run, instead of training (default: none: train one)%(default).0s",
     )
     p.add_argument("--chunk", type=pos_int, default=d.chunk, help="test series per solve (each a progress step)")
     p.add_argument(
