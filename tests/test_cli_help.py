@@ -1,6 +1,7 @@
 """Every option of every `dreamode` command has help text and shows its default."""
 
 import argparse
+
 import pytest
 
 from dreamode.cli import build_parser
