@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ._model import DREAM
 from ._progress import progress as progress_bar
+from ._rundir import check_writable
 from .classify import SequenceClassifier, accuracy_from_logits, train_classifier
 from .data import (
     IrregularBatch,
@@ -366,7 +367,7 @@ def run_compare(
 def _compare(settings: CompareSettings, out: Path, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
     load_start = _load_average()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before any data is loaded or any epoch trained
     train, test, n_classes = load_split(settings)
     log(f"data {settings.data}: {len(train)} train / {len(test)} test series, time scale {settings.time_scale:.4g}")
     model = train_or_load(settings, train, n_classes, log, progress)

@@ -147,3 +147,11 @@ def test_help_describes_every_option_with_its_default(capsys):
     ]:
         assert f"{option} " in text and f"(default: {default})" in text.split(f"{option} ", 1)[1][:400], option
     assert "--quiet" in text
+
+
+@pytest.mark.parametrize("where", ["file", "below-a-file"])
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(tmp_path, capsys, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    line = _error_line(["compare", *FAST, "--out", str(out)], capsys)
+    assert "--out" in line and ("is a file" in line or "cannot write there" in line)
