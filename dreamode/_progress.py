@@ -7,6 +7,8 @@ a person at a terminal sees a bar with an estimate of the time left, while logs,
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -28,8 +30,23 @@ def progress(iterable: Iterable[T] | None = None, *, quiet: bool = False, **kwar
     done (``leave=False``) unless told otherwise, so the job's own result lines stay readable.
     """
     kwargs.setdefault("leave", False)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, file=sys.stderr, disable=not interactive(quiet), **kwargs)
+    show = interactive(quiet)
+    if show and "ncols" not in kwargs:
+        if _terminal_columns() > 0:
+            kwargs.setdefault("dynamic_ncols", True)
+        else:  # a terminal that reports no size (e.g. a bare pseudo-terminal): tqdm would draw nothing
+            size = shutil.get_terminal_size()  # $COLUMNS/$LINES, else 80 x 24
+            kwargs["ncols"] = size.columns
+            kwargs.setdefault("nrows", size.lines)
+    return tqdm(iterable, file=sys.stderr, disable=not show, **kwargs)
+
+
+def _terminal_columns() -> int:
+    """The width standard error's terminal reports (0 when it reports none)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
 
 
 def write(line: str, quiet: bool = False) -> None:
