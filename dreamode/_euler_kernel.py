@@ -107,14 +107,15 @@ def forward_loop(
         eW, eV = eWV.split([H, R], 1)
         dev = e - em
         dev2 = dev * dev
-        ep = ev + eps_var
+        evc = ev.clamp_min(0.0)  # the rule reads max(error_var, 0): a long step's running average may overshoot
+        ep = evc + eps_var
         z2 = dev2 / ep
         if MC is not None:
             q = (z2 * MC[i]).sum(-1, keepdim=True)
         else:
             q = torch.mm(z2, inv_I)
         n = q.sqrt_()
-        A = torch.addmm(eps_log, ev, col_I)  # 2πe·mean(error_var) + 1e-6
+        A = torch.addmm(eps_log, evc, col_I)  # 2πe·mean(max(error_var, 0)) + 1e-6
         Q = torch.cat([n, A.log().clamp(0.0, 4.0), sc], 1)
         Z = torch.addmm(bY, Q, MY).sigmoid_()  # [S, g]
         rn = hom
@@ -269,6 +270,7 @@ def backward_loop(
         ge = gem * dtr[i]
         gdev = torch.addcmul(P1[i] * gev, gq, P2[i])
         gem = gem * omdtr[i] - gdev
+        # d max(ev, 0)/d ev = 1: the backward runs only where error_var stays >= 0 (see the gate in _fast_euler)
         gev = torch.addmm(torch.addcmul(gev * omdtr[i], gq, P3[i], value=-1), gA, row_I)
         ge = ge + gdev
         # the error, the imputed input and their projections

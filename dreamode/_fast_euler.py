@@ -825,9 +825,7 @@ def run_sequence(
     sc0 = _pack(as0, at0, 1)
     frozen = (dt == 0).any(dim=0).tolist()
     frozen = frozen if any(frozen) else None
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, mask, h0, UU0, em0, ev0, sc0, *_tensors_of(f))
-    )
+    grad = _records_grad(f, z, x, mask, dt)
     if grad:
         maps = scalar_maps(f)  # with autograd: the scalar parameters' gradients flow through it
         out, h, UU, em, ev, sc = _FastEuler.apply(
@@ -854,28 +852,40 @@ def run_sequence(
 
 
 def variance_stays_nonnegative(f: DREAMField, z: DREAMState, dt: Tensor) -> bool:
-    """Whether the fused loops compute the field's rule for steps ``dt`` from state ``z``.
+    """Whether ``error_var`` stays >= 0 over steps ``dt`` from state ``z``.
 
-    The loops read ``error_var`` as it is; the field reads ``max(error_var, 0)``. The two agree
-    while ``error_var`` stays >= 0: it does from a state with ``error_var >= 0`` when every Euler
-    step of the running statistics has weight ``Δt·error_smoothing/time_step <= 1`` (a convex
-    combination). A longer step can overshoot below 0; such sequences take the generic path.
+    It does from a state with ``error_var >= 0`` when every Euler step of the running statistics
+    has weight ``Δt·error_smoothing/time_step <= 1`` (a convex combination); a longer step can
+    overshoot below 0. The rule reads ``max(error_var, 0)``, and so does the TorchScript loop; but
+    its hand-derived backward and the C++ kernels take ``error_var`` as it is, so training and
+    ``dreamode.native`` use the fused paths only where this holds (one host sync).
     """
     cfg = f.config
     weight = float(dt.detach().max()) * cfg.error_smoothing / cfg.time_step if dt.numel() else 0.0
     return weight <= 1.0 and not bool((z.error_var.detach() < 0).any())
 
 
-def step_applies(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> bool:
-    """Whether :func:`step` computes this single step: no gradient is needed (streaming inference)
-    and the step keeps ``error_var`` >= 0 (:func:`variance_stays_nonnegative`)."""
-    if not _enabled:
+def _records_grad(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> bool:
+    """Whether autograd records a graph through this layer."""
+    if not torch.is_grad_enabled():
         return False
-    if torch.is_grad_enabled():
-        tensors = (*z, x, mask, dt, *_tensors_of(f))
-        if any(t is not None and t.requires_grad for t in tensors):
-            return False
+    return any(t is not None and t.requires_grad for t in (*z, x, mask, dt, *_tensors_of(f)))
+
+
+def sequence_is_exact(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> bool:
+    """Whether :func:`run_sequence` computes the rule for these steps: always without a gradient on
+    the TorchScript loop; with one, or on the C++ kernels, where ``error_var`` stays >= 0."""
+    if not (_records_grad(f, z, x, mask, dt) or native.applies(x)):
+        return True
     return variance_stays_nonnegative(f, z, dt)
+
+
+def step_applies(f: DREAMField, z: DREAMState, x: Tensor, mask: Tensor | None, dt: Tensor) -> bool:
+    """Whether :func:`step` computes this single step: no gradient is needed (streaming inference),
+    and on the C++ kernels ``error_var`` stays >= 0 (:func:`variance_stays_nonnegative`)."""
+    if not _enabled or _records_grad(f, z, x, mask, dt):
+        return False
+    return not native.applies(x) or variance_stays_nonnegative(f, z, dt)
 
 
 def step(

@@ -291,7 +291,7 @@ def integrate_layer(
         and integ.max_step is None
         and not trace
         and _fast_euler.sequence_applies(f, mask)
-        and _fast_euler.variance_stays_nonnegative(f, z, dt)
+        and _fast_euler.sequence_is_exact(f, z, x, mask, dt)
     ):
         out, z = _fast_euler.run_sequence(f, x, dt, mask, z, interpolation)
         return out, z, None, SolveStats(nfe=T, steps=T, per_step_nfe=[1] * T)

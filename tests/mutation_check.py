@@ -236,6 +236,8 @@ MUTANTS: list[Mutant] = [
            E8, "sign flipped: the Hebbian term"),
     Mutant("euler-mix-sign", EK, "Mix = torch.addmm(eye4, kFHC, basis)", "Mix = torch.addmm(eye4, kFHC, basis, alpha=-1.0)",
            EU, "sign flipped: forgetting, homeostasis and sleep"),
+    Mutant("euler-variance-read", EK, "evc = ev.clamp_min(0.0)", "evc = ev",
+           E3, "error_var read as it is, not max(error_var, 0)"),
     Mutant("euler-error-mean", EK, "em_n = torch.lerp(em, e, dtr[i])", "em_n = torch.lerp(em, dev, dtr[i])",
            E10, "e − error_mean in place of e"),
     Mutant("euler-error-var", EK, "ev_n = torch.lerp(ev, dev2, dtr[i])", "ev_n = torch.lerp(ev, e * e, dtr[i])",

@@ -247,8 +247,8 @@ def _long_steps(B: int, T: int, seed: int = 4) -> torch.Tensor:
 
 def test_generic_path_with_long_steps_equals_reference():
     """Steps up to 3 time units with τ >= 5 (``helpers.LONG_STEPS``): the rule stays finite, and the
-    generic path follows it, running statistics overshooting included. (The default path hands such
-    steps to the generic one: ``test_fast_euler.test_long_steps_leave_the_fused_loop``.)"""
+    generic path follows it, running statistics overshooting included. (The fused paths against it:
+    ``test_fast_euler.test_fast_equals_generic_with_long_steps``.)"""
     B, T = 4, 40
     model = _model(**LONG_STEPS)
     x, dt, mask = _inputs(B, T, 2.0), _long_steps(B, T), _random_mask(B, T)

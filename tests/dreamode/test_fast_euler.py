@@ -89,25 +89,47 @@ def test_fast_equals_generic_with_long_steps(method, masked, padded):
     assert_same_results(model, None, run(model, x, dt, m, lengths, None, fast=True), generic)
 
 
-def test_long_steps_leave_the_fused_loop():
-    """The fused loop reads error_var unclamped, so it runs only while an Euler step of the running
-    statistics is a convex combination: weight Δt·error_smoothing/time_step <= 1 (Δt <= 2 at the
-    defaults 0.05 and 0.1), and from a state with error_var >= 0. Otherwise the generic path runs."""
+def test_long_steps_leave_the_fused_loop_when_training():
+    """The fused backward takes d max(error_var, 0)/d error_var = 1, so training runs the fused loop
+    only while an Euler step of the running statistics is a convex combination: weight
+    Δt·error_smoothing/time_step <= 1 (Δt <= 2 at the defaults 0.05 and 0.1), from error_var >= 0.
+    Inference runs it for every step: its forward reads max(error_var, 0) as the rule does."""
     model = _model(**LONG_STEPS)
     x, _, _ = data()
-    cases = {2.0: 1, 2.0001: 0}  # the largest step: fused sequences expected
-    for longest, expected in cases.items():
+    for longest, fused in {2.0: 1, 2.0001: 0}.items():
         dt = torch.full(x.shape[:2], 0.1, dtype=F64)
         dt[1, 5] = longest
+        with counting() as calls:
+            model(x, dt=dt)[0].sum().backward()
+        assert calls["seq"] == fused, (longest, calls)
         with counting() as calls, torch.no_grad():
             model(x, dt=dt)
-        assert calls["seq"] == expected, (longest, calls)
+        assert calls["seq"] == 1, (longest, calls)
     z = model.init_state(x.shape[0])
     z = z._replace(error_var=z.error_var.clone())
     z.error_var[2, 0] = -1e-3  # e.g. a state saved by a run whose long steps overshot
-    with counting() as calls, torch.no_grad():
-        model(x, state=z, dt=torch.full(x.shape[:2], 0.1, dtype=F64))
+    with counting() as calls:
+        model(x, state=z, dt=torch.full(x.shape[:2], 0.1, dtype=F64))[0].sum().backward()
     assert calls["seq"] == 0
+
+
+def test_inference_from_a_negative_error_variance_equals_the_generic_path():
+    """The fused loop reads max(error_var, 0) as the rule does (here from a state whose variance
+    overshot below 0, where reading it as it is would take the square root of a negative number)."""
+    model = _model(**LONG_STEPS)
+    x, dt, mask = data(dt_max=LONG_DT_MAX)
+    z = model.init_state(x.shape[0])
+    z = z._replace(error_var=z.error_var - 1.5)  # every entry below 0
+    with torch.no_grad():
+        with counting() as calls:
+            fast = model(x, state=z, dt=dt, mask=mask)
+        with fe.disabled():
+            generic = model(x, state=z, dt=dt, mask=mask)
+    assert calls["seq"] == 1
+    assert bool(torch.isfinite(fast[0]).all())
+    assert rel_dev(fast[0], generic[0]) <= TOL
+    for k in STATE_FIELDS:
+        assert rel_dev(getattr(fast[1], k), getattr(generic[1], k)) <= TOL, k
 
 
 def test_streaming_cell_with_long_steps_equals_the_generic_step():
