@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._types import positive_float, positive_int
+
 MODELS = (
     "dream-euler",
     "dream-euler-irregular",
@@ -588,26 +590,6 @@ def format_table(report: dict[str, Any]) -> str:
 # -- command line ------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
 EXAMPLES = """examples:
   dreamode bench                                   # defaults: 2-4 minutes on 2 shared cores
   dreamode bench --threads 1 --out bench.json      # one intra-op thread, JSON report
@@ -627,36 +609,32 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s = Sizes()
-    p.add_argument("--batch", type=_positive_int, default=s.batch, help="batch size B (default: %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=s.steps, help="sequence length T (default: %(default)s)")
-    p.add_argument("--input-dim", type=_positive_int, default=s.input_dim, help="input size I (default: %(default)s)")
-    p.add_argument(
-        "--hidden-dim", type=_positive_int, default=s.hidden_dim, help="hidden size H (default: %(default)s)"
-    )
-    p.add_argument("--rank", type=_positive_int, default=s.rank, help="DREAM fast-weight rank R (default: %(default)s)")
-    p.add_argument(
-        "--repeats", type=_positive_int, default=5, help="timed repetitions per model (default: %(default)s)"
-    )
+    p.add_argument("--batch", type=positive_int, default=s.batch, help="batch size B (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=s.steps, help="sequence length T (default: %(default)s)")
+    p.add_argument("--input-dim", type=positive_int, default=s.input_dim, help="input size I (default: %(default)s)")
+    p.add_argument("--hidden-dim", type=positive_int, default=s.hidden_dim, help="hidden size H (default: %(default)s)")
+    p.add_argument("--rank", type=positive_int, default=s.rank, help="DREAM fast-weight rank R (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions per model (default: %(default)s)")
     p.add_argument(
         "--adaptive-steps",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="sequence length for dopri5 and dopri5 + adjoint (default: %(default)s)",
     )
     p.add_argument(
-        "--adaptive-repeats", type=_positive_int, default=1, help="repetitions of the adaptive solvers (default: 1)"
+        "--adaptive-repeats", type=positive_int, default=1, help="repetitions of the adaptive solvers (default: 1)"
     )
     p.add_argument(
         "--slow-steps",
-        type=_positive_int,
+        type=positive_int,
         default=25,
         help="sequence length for dream-euler-generic and dream-rk4-generic, the unfused path (default: %(default)s)",
     )
     p.add_argument(
-        "--slow-repeats", type=_positive_int, default=1, help="repetitions of the -generic models (default: 1)"
+        "--slow-repeats", type=positive_int, default=1, help="repetitions of the -generic models (default: 1)"
     )
-    p.add_argument("--rtol", type=_positive_float, default=1e-3, help="dopri5 relative tolerance (default: 1e-3)")
-    p.add_argument("--atol", type=_positive_float, default=1e-4, help="dopri5 absolute tolerance (default: 1e-4)")
+    p.add_argument("--rtol", type=positive_float, default=1e-3, help="dopri5 relative tolerance (default: 1e-3)")
+    p.add_argument("--atol", type=positive_float, default=1e-4, help="dopri5 absolute tolerance (default: 1e-4)")
     p.add_argument(
         "--models",
         nargs="+",
@@ -672,7 +650,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="also run dream-euler-native, dream-euler-native-all and dream-cell-native: the Euler path "
         "through dreamode.native's C++ kernels, compiled on first use (needs a C++ compiler)",
     )
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -689,21 +667,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument(
         "--adjoint-memory",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="T",
         help="also measure the peak memory of dopri5 direct and adjoint at these lengths (slow; default: none)",
     )
     p.add_argument(
         "--adjoint-memory-direct-max",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="T",
         help="skip the direct (non-adjoint) probe above this length, which keeps every stage: GBs (default: no limit)",
     )
     p.add_argument("--skip-timing", action="store_true", help="only the --adjoint-memory study")
     p.add_argument(
-        "--memory-timeout", type=_positive_float, default=1800.0, help="seconds per memory probe (default: %(default)s)"
+        "--memory-timeout", type=positive_float, default=1800.0, help="seconds per memory probe (default: %(default)s)"
     )
     p.add_argument("--out", default=None, help="write the report as JSON to this file (default: none, the table only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (stderr)")
