@@ -144,17 +144,25 @@ class FixedStepSolver(Solver):
                 checked = True
             return out
 
-        out: list[State] = [y0]
-        y, s = y0, 0
-        stages = self.tableau.stages
-        for n, h in zip(counts, hs):
-            for _ in range(n):
-                y = rk_step(self.tableau, first_call if not checked else f, times[s : s + stages], h, y)
-                s += stages
-            out.append(y)
+        out = self._march(first_call, y0, times, counts, hs)
         ys = tuple(torch.stack([o[i] for o in out]) for i in range(len(y0)))
         self._check(f, y0, ys, out, t, grid, counts, lengths, times)
+        stages = self.tableau.stages
         return ys, Stats(nfe=steps * stages, steps=steps, accepted=steps, rejected=0)
+
+    def _march(
+        self, f: TupleField, y0: State, times: Sequence[Tensor], counts: list[int], hs: Sequence[float | Tensor]
+    ) -> list[State]:
+        """The state at ``y0`` and at the end of each interval: ``counts[i]`` steps of length ``hs[i]``,
+        whose stage times are consecutive in ``times``."""
+        out = [y0]
+        y, s, stages = y0, 0, self.tableau.stages
+        for n, h in zip(counts, hs):
+            for _ in range(n):
+                y = rk_step(self.tableau, f, times[s : s + stages], h, y)
+                s += stages
+            out.append(y)
+        return out
 
     def _stage_times(self, grid: list[float], counts: list[int], t: Tensor) -> Sequence[Tensor]:
         """Stage times computed on the host in float64, then one tensor of ``t``'s dtype."""
@@ -199,12 +207,11 @@ class FixedStepSolver(Solver):
             return
         largest = torch.stack(sizes).amax(0).tolist()  # (T,) largest |y| at each output; NaN propagates
         bad = next((k for k, v in enumerate(largest) if not math.isfinite(v)), None)
+        scale = max(1.0, largest[0])
         if bad is not None:
             s0 = self.tableau.stages * sum(counts[: bad - 1])
-            scale = max(1.0, largest[0])
             h = lengths[bad - 1]
             raise SolverError(self._replay(f, out[bad - 1], times[s0:], counts[bad - 1], h, grid, bad, scale))
-        scale = max(1.0, largest[0])
         k = max(range(len(largest)), key=lambda i: largest[i])
         growth = largest[k] / scale
         if growth <= GROWTH_CHECK:
@@ -212,12 +219,7 @@ class FixedStepSolver(Solver):
         with torch.no_grad():
             half = [2 * n for n in counts[:k]]
             times_half = self._stage_times(grid[: k + 1], half, t)
-            y = y0
-            s, stages = 0, self.tableau.stages
-            for n, (t0, t1) in zip(half, zip(grid[:k], grid[1 : k + 1])):
-                for _ in range(n):
-                    y = rk_step(self.tableau, f, times_half[s : s + stages], (t1 - t0) / n, y)
-                    s += stages
+            y = self._march(f, y0, times_half, half, [h / 2 for h in lengths[:k]])[-1]
             change = max(float((a.detach() - b[k].detach()).abs().max()) for a, b in zip(y, ys) if a.numel())
         if not change <= HALVING_CHANGE * largest[k]:  # NaN/inf included
             halved = (
