@@ -147,6 +147,16 @@ ADAPTIVE_MAX_STEPS = 100_000
 FIXED_MAX_STEPS = 1_000_000
 
 
+def budget_spent_message(name: str, budget: int, t: float, span: tuple[float, float], detail: str = "") -> str:
+    """The `SolverError` message of a solve that spent its ``max_num_steps`` near ``t``."""
+    a, b = span
+    return (
+        f"{name}: max_num_steps={budget} reached near t={t:.6g}; loosen rtol/atol, raise "
+        "options={'max_num_steps': ...}, or use a stiff method ('scipy-Radau', 'scipy-BDF') if the problem "
+        f"is stiff there (integrating from t={a:.6g} to t={b:.6g}{detail})"
+    )
+
+
 def step_budget(name: str, options: Mapping[str, Any], default: int, t: Tensor) -> int:
     """The ``max_num_steps`` of a solve: the option, else ``default`` plus one per output interval."""
     value = options.get("max_num_steps", default + max(len(t) - 1, 0))

@@ -16,6 +16,7 @@ from ._base import (
     State,
     Stats,
     TupleField,
+    budget_spent_message,
     check_field_output,
     nonfinite_field_message,
     step_budget,
@@ -86,11 +87,7 @@ class ScipySolver(Solver):
             nonlocal steps
             steps += 1
             if steps > budget:
-                raise SolverError(
-                    f"{self.name}: max_num_steps={budget} reached near t={ti:.6g}; loosen rtol/atol, raise "
-                    "options={'max_num_steps': ...}, or use a stiff method ('scipy-Radau', 'scipy-BDF') if the "
-                    f"problem is stiff there (integrating from t={grid[0]:.6g} to t={grid[-1]:.6g})"
-                )
+                raise SolverError(budget_spent_message(self.name, budget, ti, (grid[0], grid[-1])))
             return 1.0  # never crosses zero: no event is ever located
 
         kwargs = {k: v for k, v in options.items() if k != "max_num_steps"}

@@ -16,6 +16,7 @@ from ._base import (
     State,
     Stats,
     TupleField,
+    budget_spent_message,
     check_field_output,
     nonfinite_field_message,
     step_budget,
@@ -80,13 +81,8 @@ class _FlatField(nn.Module):
     def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         """Called before every step attempt: stop when the step budget is spent."""
         if self.accepted + self.rejected >= self.budget:
-            a, b = self.span
-            raise SolverError(
-                f"{self.name}: max_num_steps={self.budget} reached near t={float(t0.detach()):.6g}; loosen rtol/atol, raise "
-                "options={'max_num_steps': ...}, or use a stiff method ('scipy-Radau', 'scipy-BDF') if the problem "
-                f"is stiff there (integrating from t={a:.6g} to t={b:.6g}: {self.accepted} steps accepted, "
-                f"{self.rejected} rejected, the last step size {abs(float(dt.detach())):.3g})"
-            )
+            counts = f": {self.accepted} steps accepted, {self.rejected} rejected, the last step size {abs(float(dt.detach())):.3g}"
+            raise SolverError(budget_spent_message(self.name, self.budget, float(t0.detach()), self.span, counts))
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted += 1
@@ -181,23 +177,22 @@ class TorchdiffeqSolver(Solver):
             ys_flat = odeint(func, flat.flatten(y0), t, **kwargs)
         except AssertionError as err:  # torchdiffeq signals solver failure with assert
             # A NaN/inf from f makes torchdiffeq reject the step and then fail on a NaN step size.
-            raise SolverError(func.nonfinite() or _explain(self.name, str(err), func.last_t, budget)) from None
+            raise SolverError(
+                func.nonfinite() or _explain(self.name, str(err), func.last_t, budget, func.span)
+            ) from None
         steps = func.accepted + func.rejected
         stats = Stats(nfe=func.nfe, steps=steps, accepted=func.accepted, rejected=func.rejected)
         return flat.unflatten(ys_flat, lead=(len(t),)), stats
 
 
-def _explain(name: str, message: str, t: float, max_steps: int) -> str:
+def _explain(name: str, message: str, t: float, max_steps: int, span: tuple[float, float]) -> str:
     if "underflow" in message:
         return (
             f"{name}: step size underflow near t={t:.6g}: the solution may blow up or the problem is stiff there; "
             "try a stiff reference method ('scipy-Radau', 'scipy-BDF') or check f for a singularity"
         )
     if "max_num_steps" in message:
-        return (
-            f"{name}: max_num_steps={max_steps} reached near t={t:.6g}; loosen rtol/atol, "
-            "raise options={'max_num_steps': ...}, or use a stiff method if the problem is stiff"
-        )
+        return budget_spent_message(name, max_steps, t, span)
     if "non-finite" in message:
         return f"{name}: the state became non-finite (NaN/inf) near t={t:.6g}"
     return f"{name}: solver failed near t={t:.6g}: {message}"
