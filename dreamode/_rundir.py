@@ -27,9 +27,10 @@ def new_run_id() -> str:
 
 
 def checkpoint_run_id(path: Path) -> str | None:
-    """The ``run_id`` saved in a checkpoint's ``extra``; ``None`` for a file without one (or unreadable)."""
+    """The ``run_id`` of the run state a ``fit`` checkpoint saves (``extra["run"]``); ``None`` for a
+    file without one (or unreadable)."""
     try:
-        return read_checkpoint(path).get("extra", {}).get("run_id")
+        return read_checkpoint(path).get("extra", {}).get("run", {}).get("run_id")
     except (CheckpointError, OSError):
         return None
 

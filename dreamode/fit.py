@@ -445,7 +445,12 @@ def _train(
         starts = [lo for lo in range(0, n, s.batch_size) if len(order[lo : lo + s.batch_size]) >= world.size]
         loss_sum = norm_sum = score_sum = 0.0
         skipped = 0
-        bar = progress_bar(total=len(starts), desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", quiet=not progress)
+        bar = progress_bar(
+            total=len(starts),
+            desc=f"epoch {epoch + 1}/{s.epochs}",
+            unit="batch",
+            quiet=not (progress and world.rank == 0),
+        )
         for lo in starts:
             idx = order[lo : lo + s.batch_size]
             local = idx[world.rank :: world.size].tolist()
@@ -455,14 +460,16 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes; scaling by world.size makes it the global mean.
             (loss * world.size / global_norm.clamp(min=1)).backward()
-            finite = bool(torch.isfinite(world.all_sum(loss.detach())))
-            if finite and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            total_loss = world.all_sum(loss.detach())  # every rank takes the same decision
+            if bool(torch.isfinite(total_loss)) and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params
+            ):
                 if s.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, s.grad_clip)
                 optimizer.step()
             else:
                 skipped += 1
-            loss_sum += float(world.all_sum(loss.detach()))
+            loss_sum += float(total_loss)
             score_sum += float(world.all_sum(score))
             norm_sum += float(global_norm)
             bar.update()
@@ -497,7 +504,7 @@ def _train(
         run["epoch"] = epoch + 1
         epochs_this_call += 1
         if world.rank == 0:
-            extra = {"settings": asdict(s), "run": run, "run_id": run["run_id"]}
+            extra = {"settings": asdict(s), "run": run}
             if improved:
                 save_checkpoint(out / "best.pt", model, config=spec, extra=extra)
             save_checkpoint(out / "last.pt", model, optimizer=optimizer, scheduler=scheduler, config=spec, extra=extra)
@@ -528,8 +535,8 @@ def _finish(
     if run["best_epoch"] is not None:
         best = out / "best.pt"
         ckpt = read_checkpoint(best) if best.is_file() else None
-        extra = ckpt.get("extra", {}) if ckpt else {}
-        if extra.get("run_id") == run["run_id"] and extra.get("run", {}).get("epoch") == run["best_epoch"]:
+        saved = ckpt.get("extra", {}).get("run", {}) if ckpt else {}
+        if saved.get("run_id") == run["run_id"] and saved.get("epoch") == run["best_epoch"]:
             load_checkpoint(best, model, config=spec)
             weights = f"best (epoch {run['best_epoch']})"
         else:
