@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._fast_euler import _threads
 from ._model import DREAM
 from ._progress import progress as progress_bar
 from ._rundir import check_writable
@@ -244,18 +245,9 @@ class _Counted:
             self.bar.update(1)
 
 
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> AbstractContextManager[None]:
     """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return nullcontext() if n is None else _threads(n, torch.get_num_threads())
 
 
 def _encoder(model: SequenceClassifier, **kwargs: Any) -> DREAM:
